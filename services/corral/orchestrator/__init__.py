@@ -1,0 +1,1 @@
+"""The orchestrator: module calls, lifecycle, breakers and configuration."""

@@ -1,0 +1,76 @@
+"""Who is running: the NATS Services API (`$SRV.INFO`) filtered to one corral prefix."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+
+from corral.subjects import SRV_INFO
+
+__all__ = ["EndpointInfo", "InstanceInfo", "discover"]
+
+
+class EndpointInfo(msgspec.Struct):
+    name: str
+    subject: str
+    queue_group: str = ""
+
+
+class InstanceInfo(msgspec.Struct):
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str] = {}
+    endpoints: list[EndpointInfo] = []
+    description: str = ""
+
+    @property
+    def role(self) -> str:
+        return self.metadata.get("corral_role", "")
+
+    @property
+    def metrics_url(self) -> str:
+        return self.metadata.get("metrics_url", "")
+
+
+_decoder = msgspec.json.Decoder(InstanceInfo)
+
+
+async def discover(nc: Client, prefix: str, *, wait: float = 0.3, name: str | None = None) -> list[InstanceInfo]:
+    """Every service and module instance of `prefix` that answers `$SRV.INFO` within `wait` seconds."""
+    found: list[InstanceInfo] = []
+    inbox = nc.new_inbox()
+
+    async def collect(msg: Any) -> None:
+        try:
+            info = _decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return  # not a corral service, or a newer Services API shape we do not read
+        if info.metadata.get("corral_prefix") == prefix:
+            found.append(info)
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(f"{SRV_INFO}.{name}" if name else SRV_INFO, b"", reply=inbox)
+        await nc.flush()
+        await asyncio.sleep(wait)
+    finally:
+        await sub.unsubscribe()
+    return sorted(found, key=lambda i: (i.role, i.name, i.id))
+
+
+def module_types(instances: list[InstanceInfo], prefix: str) -> dict[str, set[str]]:
+    """Module name -> the message types its instances answer."""
+    marker = f"{prefix}.mod."
+    modules: dict[str, set[str]] = {}
+    for info in instances:
+        if info.role != "module":
+            continue
+        types = modules.setdefault(info.name, set())
+        for endpoint in info.endpoints:
+            if endpoint.subject.startswith(marker):
+                types.add(endpoint.subject.rsplit(".", 1)[1])
+    return modules

@@ -1,0 +1,39 @@
+"""The runtime every corral service and module runs on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from corral.runtime.endpoints import Endpoint, Reply, RequestContext, error_reply
+from corral.runtime.logs import configure_logging
+from corral.runtime.service import Service
+from corral.runtime.settings import ServiceSettings
+
+__all__ = [
+    "Endpoint",
+    "Reply",
+    "RequestContext",
+    "Service",
+    "ServiceSettings",
+    "error_reply",
+    "run_forever",
+    "run_main",
+]
+
+
+def run_main(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a process's async main on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def run_forever(service: Service) -> None:
+    """The `__main__` of a service: JSON logs, then serve until SIGTERM."""
+    configure_logging(service.name, service.instance, service.settings.log_level)
+    run_main(service.run)

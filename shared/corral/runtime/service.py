@@ -1,0 +1,347 @@
+"""The Service base every corral service and module runs on.
+
+A Service connects to NATS, registers with the NATS Services API (`nats micro ls` lists it,
+with `metrics_url` in its metadata), serves its endpoints concurrently, publishes
+heartbeats, exports `/metrics`, `/healthz` and `/readyz`, and drains on SIGTERM: it stops
+taking requests, finishes those in flight, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import msgspec
+import nats.micro
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.micro.service import EndpointStats as MicroEndpointStats
+from nats.micro.service import ServiceConfig
+
+from corral.bus import connect
+from corral.protocol import TRACEPARENT_HEADER, ErrorCode, Heartbeat, codec_for
+from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
+from corral.runtime.heartbeat import ProcessProbe
+from corral.runtime.http import HttpEndpoint, ServiceMetrics
+from corral.runtime.logs import trace_id_from_traceparent, trace_id_var
+from corral.runtime.settings import ServiceSettings
+from corral.subjects import Subjects
+
+__all__ = ["Service"]
+
+log = logging.getLogger("corral.runtime")
+
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+
+
+class Service:
+    """Base of every corral process. Subclasses add endpoints in `setup()`.
+
+    Use as `async with Service(...)`, or `await service.run()` to serve until SIGTERM.
+    """
+
+    role = "service"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: str = "0.1.0",
+        settings: ServiceSettings | None = None,
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.description = description or f"corral {name}"
+        self.settings = settings or ServiceSettings.from_env()
+        self.subjects = Subjects(self.settings.prefix)
+        self.instance = self.settings.instance
+        self.metrics = ServiceMetrics(name)
+        self.endpoints: list[Endpoint] = []
+        self.ready = True  # subclasses that wait for something set it False until then
+        self.started_at = 0.0
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._micro: nats.micro.service.Service | None = None
+        self._http: HttpEndpoint | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self._stop_lock = asyncio.Lock()
+        self._handled = 0
+
+    # --- what subclasses use -------------------------------------------------------------------
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError(f"{self.name} is not started: call `await service.start()` first")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
+    @property
+    def metrics_url(self) -> str:
+        return self._http.url if self._http else ""
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def setup(self) -> None:
+        """Declare JetStream resources and add endpoints; runs after connecting, before serving."""
+
+    async def teardown(self) -> None:
+        """Release what setup() acquired; runs after in-flight requests have finished."""
+
+    def add_endpoint(
+        self,
+        name: str,
+        subject: str,
+        handler: Callable[[Msg], Awaitable[Reply]],
+        *,
+        response_type: str | None = None,
+        queue_group: str | None = None,
+    ) -> Endpoint:
+        """Add a raw endpoint: `handler(msg)` returns the encoded Reply."""
+        endpoint = Endpoint(name, subject, handler, response_type or name, queue_group)
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def endpoint(
+        self, verb: str, payload_type: Any = None, *, subject: str | None = None
+    ) -> Callable[[H], H]:
+        """Decorator for a typed endpoint at `<prefix>.<service>.<verb>`.
+
+        The handler is `async def f(payload: payload_type, ctx: RequestContext) -> result`;
+        its result becomes the payload of a `<verb>:success` Response.
+        """
+
+        def register(func: H) -> H:
+            handler = typed_handler(verb, payload_type, func, self.settings.max_request_bytes)
+            name = verb.replace(".", "-")
+            self.add_endpoint(name, subject or self.subjects.service(self.name, verb), handler, response_type=verb)
+            return func
+
+        return register
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._nc is not None:
+            return
+        self.started_at = time.time()
+        bus = msgspec.structs.replace(self.settings.bus, name=f"{self.name}:{self.instance}")
+        self._nc = await connect(bus)
+        await self.setup()
+        self._http = HttpEndpoint(
+            self.metrics,
+            host=self.settings.metrics_host,
+            port=self.settings.metrics_port,
+            is_alive=lambda: not self._stopped.is_set(),
+            readiness=self.readiness,
+        )
+        if self.settings.metrics_port >= 0:
+            await self._http.start()
+        self.metrics.add_gauge_callback("uptime_seconds", "Seconds since this instance started", self._uptime)
+        self.metrics.in_flight.set_function(lambda: len(self._tasks))
+        await self._register()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
+        log.info(
+            "%s %s started",
+            self.role,
+            self.name,
+            extra={"subjects": [e.subject for e in self.endpoints], "metrics_url": self.metrics_url},
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
+        if self._nc is None or not self._nc.is_connected:
+            return False, "not connected to NATS"
+        if not self.ready:
+            return False, "waiting to be told it may serve"
+        return True, "ok"
+
+    def _uptime(self) -> float:
+        return time.time() - self.started_at if self.started_at else 0.0
+
+    async def _register(self) -> None:
+        config = ServiceConfig(
+            name=self.name,
+            version=self.version,
+            description=self.description,
+            metadata={
+                "corral_prefix": self.settings.prefix,
+                "corral_role": self.role,
+                "instance": self.instance,
+                "metrics_url": self.metrics_url,
+            },
+            queue_group=self.subjects.queue_group(self.name),
+            stats_handler=self._micro_stats,
+        )
+        self._micro = await nats.micro.add_service(self.nc, config)
+        for endpoint in self.endpoints:
+            await self._micro.add_endpoint(
+                name=endpoint.name,
+                subject=endpoint.subject,
+                handler=self._dispatcher(endpoint),
+                queue_group=endpoint.queue_group,
+            )
+
+    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Any], Awaitable[None]]:
+        # nats-py runs one subscription's callbacks one after another; a task per request lets
+        # an endpoint serve many requests at once. `self._tasks` is what drain waits for.
+        async def dispatch(request: Any) -> None:
+            msg: Msg = request._msg  # nats.micro wraps the Msg; we answer on it ourselves
+            if self._draining:
+                await self._respond(msg, self._unavailable(endpoint, msg))
+                return
+            task = asyncio.create_task(self._serve(endpoint, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return dispatch
+
+    def _unavailable(self, endpoint: Endpoint, msg: Msg) -> Reply:
+        return error_reply(
+            codec_for(msg.headers),
+            endpoint.response_type,
+            ErrorCode.UNAVAILABLE,
+            f"{self.name} instance {self.instance} is shutting down; retry to reach another instance",
+        )
+
+    async def _serve(self, endpoint: Endpoint, msg: Msg) -> None:
+        headers = msg.headers
+        trace_id_var.set(trace_id_from_traceparent(headers.get(TRACEPARENT_HEADER)) if headers else None)
+        started = time.perf_counter()
+        reply = await endpoint.serve(msg)
+        self._handled += 1
+        self.metrics.requests.labels(endpoint.name, reply.code).inc()
+        self.metrics.latency.labels(endpoint.name).observe(time.perf_counter() - started)
+        await self._respond(msg, reply)
+
+    async def _respond(self, msg: Msg, reply: Reply) -> None:
+        if not msg.reply:
+            return  # a publish, not a request: nobody to answer
+        try:
+            await self.nc.publish(msg.reply, reply.data, headers=reply.headers)
+        except Exception as exc:  # the connection may be closing; the caller will time out
+            log.warning("could not send reply on %s: %r", msg.subject, exc)
+
+    def _micro_stats(self, stats: MicroEndpointStats) -> dict[str, Any]:
+        # nats.micro counts a request as done when our dispatcher returns, which is before the
+        # work is done; report our own figures so `nats micro stats` is accurate.
+        for endpoint in self.endpoints:
+            if endpoint.name == stats.name:
+                own = endpoint.stats
+                stats.num_requests = own.requests
+                stats.num_errors = own.errors
+                stats.last_error = own.last_error
+                stats.processing_time = own.processing_ns
+                stats.average_processing_time = own.processing_ns // own.requests if own.requests else 0
+                return {"in_flight": own.in_flight}
+        return {}
+
+    async def _heartbeat_loop(self) -> None:
+        probe = ProcessProbe()
+        subject = self.subjects.heartbeat(self.name, self.instance)
+        codec = codec_for(None)
+        while True:
+            try:
+                cpu, rss, threads, fds = probe.read()
+                beat = Heartbeat(
+                    service=self.name,
+                    instance=self.instance,
+                    role=self.role,
+                    version=self.version,
+                    pid=probe.process.pid,
+                    host=probe.host,
+                    started=self.started_at,
+                    timestamp=time.time(),
+                    cpu_percent=cpu,
+                    rss_bytes=rss,
+                    threads=threads,
+                    open_fds=fds,
+                    in_flight=len(self._tasks),
+                    handled=self._handled,
+                    ready=self.readiness()[0],
+                    metrics_url=self.metrics_url,
+                )
+                if self.nc.is_connected:
+                    await self.nc.publish(subject, codec.encode(beat))
+                    self.metrics.heartbeats.inc()
+            except Exception as exc:  # a heartbeat must never kill the service
+                log.warning("heartbeat failed: %r", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def stop(self) -> None:
+        """Drain: stop taking requests, finish those in flight (up to drain_timeout), disconnect.
+
+        Safe to call more than once and from several tasks.
+        """
+        async with self._stop_lock:
+            if self._stopped.is_set() or self._nc is None:
+                self._stopped.set()
+                return
+            self._draining = True
+            if self._micro is not None:
+                await self._micro.stop()
+            pending = list(self._tasks)
+            if pending:
+                log.info("draining %d in-flight requests", len(pending))
+                _, late = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+                for task in late:
+                    task.cancel()
+            if self._heartbeat_task is not None:
+                self._heartbeat_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._heartbeat_task
+            await self.teardown()
+            if self._http is not None:
+                await self._http.stop()
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            log.info(
+                "%s %s stopped",
+                self.role,
+                self.name,
+                extra={"handled": self._handled, "errors": sum(e.stats.errors for e in self.endpoints)},
+            )
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        waiters = [asyncio.create_task(stop_requested.wait()), asyncio.create_task(self._stopped.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        await self.stop()
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
