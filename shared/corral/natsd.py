@@ -122,6 +122,8 @@ class NatsServer:
             stdout=log_handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C meant for `corral up` must not kill NATS under the services.
+            start_new_session=True,
         )
         log_handle.close()
         try:

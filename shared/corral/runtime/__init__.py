@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.runtime.endpoints import Endpoint, Reply, RequestContext, error_reply
 from corral.runtime.logs import configure_logging
 from corral.runtime.service import Service
 from corral.runtime.settings import ServiceSettings
+
+T = TypeVar("T")
 
 __all__ = [
     "Endpoint",
@@ -23,14 +25,13 @@ __all__ = [
 ]
 
 
-def run_main(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+def run_main(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a process's async main on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+        return asyncio.run(main())
+    return uvloop.run(main())
 
 
 def run_forever(service: Service) -> None:

@@ -1,0 +1,1 @@
+"""The health service: heartbeats, checks, resource figures and metrics."""

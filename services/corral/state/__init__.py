@@ -1,0 +1,1 @@
+"""The state service: versioned key/value state."""

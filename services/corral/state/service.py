@@ -1,0 +1,28 @@
+"""The state service process. Its domain endpoints arrive with its own issue; today it
+registers, heartbeats, exports metrics and answers `status`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from corral.runtime import RequestContext, Service, ServiceSettings
+
+__all__ = ["StateService"]
+
+
+class StateService(Service):
+    def __init__(self, settings: ServiceSettings | None = None) -> None:
+        super().__init__("state", settings=settings, description="corral state: versioned key/value state")
+
+    async def setup(self) -> None:
+        self.endpoint("status")(self._status)
+
+    async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
+        return {
+            "service": self.name,
+            "instance": self.instance,
+            "version": self.version,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "in_flight": self.in_flight,
+        }

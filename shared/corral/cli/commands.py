@@ -1,0 +1,97 @@
+"""`corral send`, `corral status` and `corral run`: clients of a running system."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from corral.bus import BusSettings, connect
+from corral.discovery import discover
+from corral.errors import CorralError
+from corral.sdk.client import Client
+from corral.subjects import SERVICES, Subjects
+
+__all__ = ["run_service", "send", "status"]
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+
+async def send(bus: BusSettings, prefix: str, module: str, type_: str, payload_json: str, timeout: float, priority: str) -> int:
+    try:
+        payload = json.loads(payload_json) if payload_json else {}
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]payload is not valid JSON:[/] {exc.msg} at line {exc.lineno}, column {exc.colno}")
+        return 2
+    async with await Client.connect(bus, prefix=prefix) as client:
+        try:
+            result = await client.send(module, type_, payload, timeout=timeout, priority=priority)
+        except (CorralError, ValueError) as exc:
+            code = getattr(exc, "code", "VALIDATION")
+            err.print(f"[red]{code}[/]: {exc}")
+            return 1
+    print(json.dumps(result, indent=None if _is_scalar(result) else 2))
+    return 0
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, dict | list)
+
+
+async def status(bus: BusSettings, prefix: str) -> int:
+    nc = await connect(bus)
+    try:
+        instances = await discover(nc, prefix, wait=0.5)
+        figures: dict[str, dict[str, Any]] = {}
+        try:
+            msg = await nc.request(Subjects(prefix).service("health", "instances"), b"", timeout=2)
+            reply = msgspec.json.decode(msg.data)
+            if reply.get("success"):
+                figures = {v["instance"]: v for v in reply["payload"]}
+        except Exception:  # the health service may be down; status still lists what answers
+            err.print("[yellow]the health service did not answer; figures are missing[/]")
+    finally:
+        await nc.close()
+    if not instances:
+        err.print(f"nothing is running under prefix {prefix!r} (is `corral up` running? is NATS_URL right?)")
+        return 1
+    table = Table(title=f"corral status (prefix {prefix})")
+    for column in ("name", "role", "instance", "version", "alive", "cpu %", "rss MB", "endpoints", "metrics"):
+        table.add_column(column)
+    for info in sorted(instances, key=lambda i: (i.role != "service", i.name)):
+        f = figures.get(info.metadata.get("instance", ""), {})
+        table.add_row(
+            info.name,
+            info.role,
+            info.metadata.get("instance", info.id),
+            info.version,
+            "yes" if f.get("alive") else ("?" if not f else "no"),
+            f"{f['cpu_percent']:.1f}" if f else "",
+            f"{f['rss_bytes'] / 2**20:.1f}" if f else "",
+            str(len(info.endpoints)),
+            info.metrics_url,
+        )
+    out.print(table)
+    missing = [s for s in SERVICES if s not in {i.name for i in instances}]
+    if missing:
+        err.print(f"[yellow]not running:[/] {', '.join(missing)}")
+    return 0
+
+
+def run_service(name: str) -> int:
+    if name not in SERVICES:
+        err.print(f"unknown service {name!r}: choose one of {', '.join(SERVICES)}")
+        return 2
+    main = importlib.import_module(f"corral.{name}.__main__").main
+    main()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `corral` command")

@@ -1,0 +1,171 @@
+"""`corral.toml`: the system file. Decoded into Structs, so a typo is an error with a path."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from corral.errors import ConfigError
+from corral.subjects import DEFAULT_PREFIX, SERVICES, validate_token
+
+__all__ = [
+    "ModuleConfig",
+    "NatsConfig",
+    "ServiceConfig",
+    "SystemConfig",
+    "load_config",
+    "start_layers",
+]
+
+_DURATION = re.compile(r"^\d+(ms|s|m|h)$")
+Port = Annotated[int, msgspec.Meta(ge=-1, le=65535)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class NatsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[nats]`: an existing server (`url`) or the embedded one (everything else)."""
+
+    url: str = ""  # empty: start the embedded nats-server
+    port: Port = 4222  # the embedded server's port; another free one is picked if it is taken
+    store_dir: str = ".corral/nats"
+    # "default" (lazy fsync, the server's default), "always" (fsync before every ack) or a duration.
+    sync_interval: str = "default"
+    max_payload: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.sync_interval not in ("default", "always") and not _DURATION.match(self.sync_interval):
+            raise ValueError(
+                f"sync_interval must be 'default', 'always' or a duration like '10s', "
+                f"got {self.sync_interval!r} - at `$.nats.sync_interval`"
+            )
+
+
+class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[services.<name>]`: one of corral's own services."""
+
+    enabled: bool = True
+    metrics_port: Port = 0  # 0: any free port
+    env: dict[str, str] = {}
+
+
+class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[modules.<name>]`: a module `corral up` starts (`process`) or only expects (`external`)."""
+
+    kind: Literal["process", "external"] = "process"
+    # argv; "{python}" is this Python, relative paths are relative to corral.toml's folder.
+    command: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    depends_on: list[str] = []
+    required: bool = True
+    startup_timeout: PositiveSeconds = 30.0
+    stop_timeout: PositiveSeconds = 10.0
+    metrics_port: Port = 0
+    config: dict[str, Any] = {}
+
+
+class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    prefix: str = DEFAULT_PREFIX
+    log_dir: str = ".corral/logs"
+    grace_period: PositiveSeconds = 10.0  # how long `corral up` waits for each process to drain
+    startup_timeout: PositiveSeconds = 30.0  # per service
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    services: dict[str, ServiceConfig] = {}
+    modules: dict[str, ModuleConfig] = {}
+    root: str = "."  # the folder of corral.toml; set by load_config, not read from the file
+
+    def service(self, name: str) -> ServiceConfig:
+        return self.services.get(name) or ServiceConfig()
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else Path(self.root) / candidate
+
+    def module_argv(self, name: str) -> list[str]:
+        module = self.modules[name]
+        argv = []
+        for arg in module.command:
+            arg = arg.replace("{python}", sys.executable)
+            # A relative path that exists next to corral.toml is made absolute, so cwd does not matter.
+            if not Path(arg).is_absolute() and (Path(self.root) / arg).exists():
+                arg = str(Path(self.root) / arg)
+            argv.append(arg)
+        return argv
+
+
+def load_config(path: str | Path) -> SystemConfig:
+    """Read and validate corral.toml; raise ConfigError naming the file and the field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        config = msgspec.toml.decode(raw, type=SystemConfig)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    config.root = str(path.resolve().parent)
+    try:
+        validate(config)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return config
+
+
+def validate(config: SystemConfig) -> None:
+    for token in config.prefix.split("."):
+        validate_token(token, "prefix")
+    for name in config.services:
+        if name not in SERVICES:
+            raise ValueError(f"unknown service [services.{name}]: corral's services are {', '.join(SERVICES)}")
+    for name, module in config.modules.items():
+        validate_token(name, "module name")
+        if name in SERVICES:
+            raise ValueError(f"module {name!r} has the name of a corral service; choose another name")
+        if module.kind == "process" and not module.command:
+            raise ValueError(f"module {name!r} is a process but has no command - at `$.modules.{name}.command`")
+    start_layers(config.modules)
+
+
+def start_layers(modules: dict[str, ModuleConfig]) -> list[list[str]]:
+    """Modules grouped by dependency depth: every module comes after all it depends on.
+
+    Raises ValueError for an unknown dependency or a cycle, naming it (`a -> b -> a`).
+    """
+    for name, module in modules.items():
+        for dep in module.depends_on:
+            if dep not in modules:
+                known = ", ".join(sorted(modules)) or "none"
+                raise ValueError(f"module {name!r} depends on unknown module {dep!r} (modules: {known})")
+    _refuse_cycles(modules)
+    layers: list[list[str]] = []
+    placed: set[str] = set()
+    while len(placed) < len(modules):
+        layer = sorted(n for n, m in modules.items() if n not in placed and set(m.depends_on) <= placed)
+        layers.append(layer)
+        placed.update(layer)
+    return layers
+
+
+def _refuse_cycles(modules: dict[str, ModuleConfig]) -> None:
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = [*visiting[visiting.index(name) :], name]
+            raise ValueError(f"dependency cycle: {' -> '.join(cycle)}")
+        visiting.append(name)
+        for dep in modules[name].depends_on:
+            visit(dep)
+        visiting.pop()
+        done.add(name)
+
+    for name in sorted(modules):
+        visit(name)
