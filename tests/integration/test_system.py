@@ -1,0 +1,111 @@
+"""The whole system as a user runs it: `corral up` in a subprocess, spoken to over raw NATS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from nats.aio.client import Client
+
+from corral.discovery import discover
+from corral.subjects import SERVICES
+from tests.conftest import CorralUp
+
+pytestmark = pytest.mark.slow
+
+
+async def request(nc: Client, subject: str, body: dict[str, object] | bytes) -> dict[str, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    msg = await nc.request(subject, data, timeout=10)
+    reply: dict[str, object] = json.loads(msg.data)
+    return reply
+
+
+async def test_eval_through_the_orchestrator(corral_up: CorralUp, nc: Client) -> None:
+    reply = await request(nc, f"{corral_up.prefix}.send.interpreter", {"type": "eval", "payload": {"code": "(* 6 7)"}})
+    assert reply["success"] is True
+    assert reply["type"] == "eval:success"
+    assert reply["payload"] == 42
+    assert isinstance(reply["timestamp"], float)
+
+
+async def test_every_service_and_module_is_registered(corral_up: CorralUp, nc: Client) -> None:
+    instances = await discover(nc, corral_up.prefix, wait=0.5)
+    names = {info.name for info in instances}
+    assert names == {*SERVICES, "interpreter"}
+    for info in instances:
+        assert info.metrics_url.startswith("http://127.0.0.1:"), info
+
+
+async def test_cli_send_prints_the_result(corral_up: CorralUp, nats_url: str) -> None:
+    env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
+    done = subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", "send", "interpreter", "eval", '{"code": "(+ 1 2 3)"}'],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "6"
+
+    failed = subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", "send", "interpreter", "eval", '{"code": "(+ 1"}'],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert "VALIDATION" in failed.stderr
+    assert "unclosed '(' opened at line 1, column 1" in failed.stderr
+
+
+async def test_cli_status_lists_everything(corral_up: CorralUp, nats_url: str) -> None:
+    env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
+    done = subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", "status"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name in (*SERVICES, "interpreter"):
+        assert name in done.stdout
+
+
+def test_sigterm_stops_everything_in_reverse_order(tmp_path: Path, nats_url: str, prefix: str) -> None:
+    system = CorralUp(tmp_path, nats_url, prefix)
+    system.start()
+    pids = system.pids()
+    assert set(pids) == {*SERVICES, "interpreter"}
+    assert system.terminate() == 0
+    for name, pid in pids.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+    stopped = [line.split()[2] for line in system.output().splitlines() if line.startswith("stopped ")]
+    started = [line.split()[2] for line in system.output().splitlines() if line.startswith("up ")]
+    assert stopped == list(reversed(started))
+
+
+def test_a_failing_required_module_fails_startup_and_names_it(tmp_path: Path, nats_url: str, prefix: str) -> None:
+    config = (
+        "[modules.broken]\n"
+        'command = ["{python}", "-c", "import sys; print(\'no config here\'); sys.exit(3)"]\n'
+    )
+    system = CorralUp(tmp_path, nats_url, prefix, config_text=config)
+    with pytest.raises(AssertionError, match="exited with 1"):
+        system.start(timeout=60)
+    output = system.output()
+    assert "module broken exited with code 3 during startup" in output
+    assert "no config here" in output
+    # What had started was stopped again.
+    assert "stopped service state" in output
+
+
+def test_a_dependency_cycle_is_refused_before_anything_starts(tmp_path: Path, nats_url: str, prefix: str) -> None:
+    config = (
+        '[modules.a]\ncommand = ["x"]\ndepends_on = ["b"]\n'
+        '[modules.b]\ncommand = ["x"]\ndepends_on = ["a"]\n'
+    )
+    system = CorralUp(tmp_path, nats_url, prefix, config_text=config)
+    with pytest.raises(AssertionError, match="exited with 2"):
+        system.start(timeout=30)
+    assert "dependency cycle: a -> b -> a" in system.output()
+    assert "up service" not in system.output()
