@@ -96,7 +96,9 @@ class BusSettings(msgspec.Struct, kw_only=True, frozen=True):
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
         if self.tls_cert:
             if not self.tls_key:
-                raise ConfigError("NATS_TLS_CERT is set without NATS_TLS_KEY: a client certificate needs its key")
+                raise ConfigError(
+                    "NATS_TLS_CERT is set without NATS_TLS_KEY: a client certificate needs its key"
+                )
             context.load_cert_chain(self.tls_cert, self.tls_key)
         return context
 
@@ -121,28 +123,8 @@ async def connect(
     async def error(exc: Exception) -> None:
         log.warning("NATS client error: %s", exc)
 
-    options: dict[str, Any] = {
-        "servers": settings.servers,
-        "name": name,
-        "connect_timeout": settings.connect_timeout,
-        "reconnect_time_wait": settings.reconnect_time_wait,
-        "max_reconnect_attempts": -1,
-        "ping_interval": settings.ping_interval,
-        "max_outstanding_pings": settings.max_outstanding_pings,
-        "disconnected_cb": disconnected,
-        "reconnected_cb": reconnected,
-        "error_cb": error,
-        "tls": settings.tls_context(),
-    }
-    if settings.user:
-        options["user"], options["password"] = settings.user, settings.password
-    if settings.token:
-        options["token"] = settings.token
-    if settings.nkey_seed_file:
-        options["nkeys_seed"] = settings.nkey_seed_file
-    if settings.creds_file:
-        options["user_credentials"] = settings.creds_file
-
+    options = _client_options(settings)
+    options.update(disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error, name=name)
     attempts = max(1, settings.connect_attempts)
     for attempt in range(1, attempts + 1):
         nc = Client()
@@ -150,7 +132,7 @@ async def connect(
             # allow_reconnect=False for the first attempt: nats-py would otherwise retry inside
             # connect() without telling us; we count and log attempts ourselves.
             await nc.connect(**options, allow_reconnect=False)
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             left = attempts - attempt
             if left == 0:
                 raise ConnectionError(
@@ -165,6 +147,28 @@ async def connect(
     nc.options["allow_reconnect"] = True
     log.info("connected to NATS at %s", nc.connected_url.netloc if nc.connected_url else settings.servers)
     return nc
+
+
+def _client_options(settings: BusSettings) -> dict[str, Any]:
+    """nats-py connect() keyword arguments: the service-grade defaults plus credentials."""
+    options: dict[str, Any] = {
+        "servers": settings.servers,
+        "connect_timeout": settings.connect_timeout,
+        "reconnect_time_wait": settings.reconnect_time_wait,
+        "max_reconnect_attempts": -1,
+        "ping_interval": settings.ping_interval,
+        "max_outstanding_pings": settings.max_outstanding_pings,
+        "tls": settings.tls_context(),
+    }
+    if settings.user:
+        options["user"], options["password"] = settings.user, settings.password
+    if settings.token:
+        options["token"] = settings.token
+    if settings.nkey_seed_file:
+        options["nkeys_seed"] = settings.nkey_seed_file
+    if settings.creds_file:
+        options["user_credentials"] = settings.creds_file
+    return options
 
 
 # --- JetStream declarations -----------------------------------------------------------------------
@@ -268,7 +272,8 @@ async def publish_durable(
         ) as exc:
             if loop.time() + delay > give_up:
                 raise TimeoutError(
-                    f"JetStream did not acknowledge {subject} (Nats-Msg-Id {msg_id}) within {deadline}s: {exc!r}"
+                    f"JetStream did not acknowledge {subject} (Nats-Msg-Id {msg_id}) "
+                    f"within {deadline}s: {exc!r}"
                 ) from exc
             log.info("publish to %s not acknowledged (%r); retrying with the same message id", subject, exc)
             await asyncio.sleep(delay)

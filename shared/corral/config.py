@@ -121,13 +121,17 @@ def validate(config: SystemConfig) -> None:
         validate_token(token, "prefix")
     for name in config.services:
         if name not in SERVICES:
-            raise ValueError(f"unknown service [services.{name}]: corral's services are {', '.join(SERVICES)}")
+            raise ValueError(
+                f"unknown service [services.{name}]: corral's services are {', '.join(SERVICES)}"
+            )
     for name, module in config.modules.items():
         validate_token(name, "module name")
         if name in SERVICES:
             raise ValueError(f"module {name!r} has the name of a corral service; choose another name")
         if module.kind == "process" and not module.command:
-            raise ValueError(f"module {name!r} is a process but has no command - at `$.modules.{name}.command`")
+            raise ValueError(
+                f"module {name!r} is a process but has no command - at `$.modules.{name}.command`"
+            )
     start_layers(config.modules)
 
 

@@ -39,7 +39,9 @@ class InstanceInfo(msgspec.Struct):
 _decoder = msgspec.json.Decoder(InstanceInfo)
 
 
-async def discover(nc: Client, prefix: str, *, wait: float = 0.3, name: str | None = None) -> list[InstanceInfo]:
+async def discover(
+    nc: Client, prefix: str, *, wait: float = 0.3, name: str | None = None
+) -> list[InstanceInfo]:
     """Every service and module instance of `prefix` that answers `$SRV.INFO` within `wait` seconds."""
     found: list[InstanceInfo] = []
     inbox = nc.new_inbox()

@@ -93,7 +93,9 @@ def parse_priority(value: int | str, field: str = "priority") -> Priority:
     try:
         return Priority(value)
     except ValueError:
-        raise ValueError(f"priority {value} is out of range: use 0 (critical) to 4 (background) - at `$.{field}`") from None
+        raise ValueError(
+            f"priority {value} is out of range: use 0 (critical) to 4 (background) - at `$.{field}`"
+        ) from None
 
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]

@@ -28,9 +28,7 @@ def validate_token(value: str, what: str) -> str:
         raise ValueError(f"{what} is empty: it must be one subject token such as 'interpreter'")
     if not _TOKEN.match(value):
         bad = next(ch for ch in value if not _TOKEN.match(ch))
-        raise ValueError(
-            f"{what} {value!r} contains {bad!r}: use only letters, digits, '_' and '-'"
-        )
+        raise ValueError(f"{what} {value!r} contains {bad!r}: use only letters, digits, '_' and '-'")
     return value
 
 

@@ -27,7 +27,9 @@ async def request(nc: Client, subject: str, body: dict[str, object] | bytes) -> 
 
 
 async def test_eval_through_the_orchestrator(corral_up: CorralUp, nc: Client) -> None:
-    reply = await request(nc, f"{corral_up.prefix}.send.interpreter", {"type": "eval", "payload": {"code": "(* 6 7)"}})
+    reply = await request(
+        nc, f"{corral_up.prefix}.send.interpreter", {"type": "eval", "payload": {"code": "(* 6 7)"}}
+    )
     assert reply["success"] is True
     assert reply["type"] == "eval:success"
     assert reply["payload"] == 42
@@ -42,7 +44,7 @@ async def test_every_service_and_module_is_registered(corral_up: CorralUp, nc: C
         assert info.metrics_url.startswith("http://127.0.0.1:"), info
 
 
-async def test_cli_send_prints_the_result(corral_up: CorralUp, nats_url: str) -> None:
+def test_cli_send_prints_the_result(corral_up: CorralUp, nats_url: str) -> None:
     env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
     done = subprocess.run(
         [sys.executable, "-m", "corral.cli.main", "send", "interpreter", "eval", '{"code": "(+ 1 2 3)"}'],
@@ -60,7 +62,7 @@ async def test_cli_send_prints_the_result(corral_up: CorralUp, nats_url: str) ->
     assert "unclosed '(' opened at line 1, column 1" in failed.stderr
 
 
-async def test_cli_status_lists_everything(corral_up: CorralUp, nats_url: str) -> None:
+def test_cli_status_lists_everything(corral_up: CorralUp, nats_url: str) -> None:
     env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
     done = subprocess.run(
         [sys.executable, "-m", "corral.cli.main", "status"],
@@ -84,7 +86,9 @@ def test_sigterm_stops_everything_in_reverse_order(tmp_path: Path, nats_url: str
     assert stopped == list(reversed(started))
 
 
-def test_a_failing_required_module_fails_startup_and_names_it(tmp_path: Path, nats_url: str, prefix: str) -> None:
+def test_a_failing_required_module_fails_startup_and_names_it(
+    tmp_path: Path, nats_url: str, prefix: str
+) -> None:
     config = (
         "[modules.broken]\n"
         'command = ["{python}", "-c", "import sys; print(\'no config here\'); sys.exit(3)"]\n'
@@ -99,10 +103,11 @@ def test_a_failing_required_module_fails_startup_and_names_it(tmp_path: Path, na
     assert "stopped service state" in output
 
 
-def test_a_dependency_cycle_is_refused_before_anything_starts(tmp_path: Path, nats_url: str, prefix: str) -> None:
+def test_a_dependency_cycle_is_refused_before_anything_starts(
+    tmp_path: Path, nats_url: str, prefix: str
+) -> None:
     config = (
-        '[modules.a]\ncommand = ["x"]\ndepends_on = ["b"]\n'
-        '[modules.b]\ncommand = ["x"]\ndepends_on = ["a"]\n'
+        '[modules.a]\ncommand = ["x"]\ndepends_on = ["b"]\n[modules.b]\ncommand = ["x"]\ndepends_on = ["a"]\n'
     )
     system = CorralUp(tmp_path, nats_url, prefix, config_text=config)
     with pytest.raises(AssertionError, match="exited with 2"):

@@ -9,7 +9,7 @@ import msgspec
 
 from corral.protocol import Heartbeat
 
-__all__ = ["InstanceView", "InstanceRegistry"]
+__all__ = ["InstanceRegistry", "InstanceView"]
 
 
 class InstanceView(msgspec.Struct):

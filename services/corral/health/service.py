@@ -21,7 +21,9 @@ log = logging.getLogger("corral.health")
 
 class HealthService(Service):
     def __init__(self, settings: ServiceSettings | None = None) -> None:
-        super().__init__("health", settings=settings, description="corral health: heartbeats and system health")
+        super().__init__(
+            "health", settings=settings, description="corral health: heartbeats and system health"
+        )
         self.registry = InstanceRegistry(interval=self.settings.heartbeat_interval)
         self._decoder = msgspec.json.Decoder(Heartbeat)
         self._subscription: Subscription | None = None
@@ -31,7 +33,9 @@ class HealthService(Service):
         self.endpoint("status")(self._status)
         self.endpoint("instances")(self._instances)
         self.metrics.add_gauge_callback(
-            "instances_alive", "Instances whose heartbeat is current", lambda: sum(v.alive for v in self.registry.views())
+            "instances_alive",
+            "Instances whose heartbeat is current",
+            lambda: sum(v.alive for v in self.registry.views()),
         )
 
     async def teardown(self) -> None:
@@ -52,7 +56,15 @@ class HealthService(Service):
         by_name: dict[str, dict[str, Any]] = {}
         for view in views:
             entry = by_name.setdefault(
-                view.service, {"role": view.role, "instances": 0, "alive": 0, "ready": 0, "cpu_percent": 0.0, "rss_bytes": 0}
+                view.service,
+                {
+                    "role": view.role,
+                    "instances": 0,
+                    "alive": 0,
+                    "ready": 0,
+                    "cpu_percent": 0.0,
+                    "rss_bytes": 0,
+                },
             )
             entry["instances"] += 1
             entry["alive"] += view.alive

@@ -42,7 +42,9 @@ class ModuleCallStats:
 
 
 class CallRouter:
-    def __init__(self, nc: Client, subjects: Subjects, *, default_timeout: float, max_request_bytes: int) -> None:
+    def __init__(
+        self, nc: Client, subjects: Subjects, *, default_timeout: float, max_request_bytes: int
+    ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.default_timeout = default_timeout
@@ -71,7 +73,9 @@ class CallRouter:
         try:
             envelope = codec.decode(msg.data, Envelope)
         except msgspec.DecodeError as exc:
-            return error_reply(codec, "send", ErrorCode.VALIDATION, describe_decode_error(exc, codec, "envelope"))
+            return error_reply(
+                codec, "send", ErrorCode.VALIDATION, describe_decode_error(exc, codec, "envelope")
+            )
         try:
             timeout = self._timeout(envelope, msg)
         except ValueError as exc:
@@ -88,13 +92,17 @@ class CallRouter:
             try:
                 value = float(header)
             except ValueError:
-                raise ValueError(f"header {TIMEOUT_HEADER} must be a number of seconds, got {header!r}") from None
+                raise ValueError(
+                    f"header {TIMEOUT_HEADER} must be a number of seconds, got {header!r}"
+                ) from None
             if value <= 0:
                 raise ValueError(f"header {TIMEOUT_HEADER} must be positive, got {header!r}")
             candidates.append(value)
         return min(candidates)
 
-    async def _forward(self, module: str, envelope: Envelope, msg: Msg, codec: Codec, timeout: float) -> Reply:
+    async def _forward(
+        self, module: str, envelope: Envelope, msg: Msg, codec: Codec, timeout: float
+    ) -> Reply:
         stats = self.stats.get(module)
         if stats is None:
             stats = self.stats[module] = ModuleCallStats()
@@ -103,7 +111,10 @@ class CallRouter:
         stats.calls += 1
         try:
             response = await self.nc.request(
-                self.subjects.module(module, envelope.type), bytes(envelope.payload), timeout=timeout, headers=headers
+                self.subjects.module(module, envelope.type),
+                bytes(envelope.payload),
+                timeout=timeout,
+                headers=headers,
             )
         except nats.errors.NoRespondersError:
             reply = await self._not_found(module, envelope.type, codec)

@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 
 from corral.discovery import discover, module_types
-from corral.runtime import RequestContext, Service, ServiceSettings
 from corral.orchestrator.router import CallRouter
+from corral.runtime import RequestContext, Service, ServiceSettings
 
 __all__ = ["OrchestratorService"]
 
@@ -24,8 +24,12 @@ class ModuleSummary(msgspec.Struct):
 
 
 class OrchestratorService(Service):
-    def __init__(self, settings: ServiceSettings | None = None, *, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
-        super().__init__("orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle")
+    def __init__(
+        self, settings: ServiceSettings | None = None, *, call_timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        super().__init__(
+            "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
+        )
         self.call_timeout = call_timeout
         self.router: CallRouter | None = None
 

@@ -1,7 +1,7 @@
 """`python -m corral.scheduler`"""
 
-from corral.scheduler.service import SchedulerService
 from corral.runtime import run_forever
+from corral.scheduler.service import SchedulerService
 
 
 def main() -> None:

@@ -13,7 +13,9 @@ __all__ = ["SchedulerService"]
 
 class SchedulerService(Service):
     def __init__(self, settings: ServiceSettings | None = None) -> None:
-        super().__init__("scheduler", settings=settings, description="corral scheduler: durable priority task queue")
+        super().__init__(
+            "scheduler", settings=settings, description="corral scheduler: durable priority task queue"
+        )
 
     async def setup(self) -> None:
         self.endpoint("status")(self._status)

@@ -1,7 +1,7 @@
 """`python -m corral.state`"""
 
-from corral.state.service import StateService
 from corral.runtime import run_forever
+from corral.state.service import StateService
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 
-async def send(bus: BusSettings, prefix: str, module: str, type_: str, payload_json: str, timeout: float, priority: str) -> int:
+async def send(
+    bus: BusSettings, prefix: str, module: str, type_: str, payload_json: str, timeout: float, priority: str
+) -> int:
     try:
         payload = json.loads(payload_json) if payload_json else {}
     except json.JSONDecodeError as exc:

@@ -26,10 +26,14 @@ URL_FILE = Path(".corral/nats.url")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description="Run and talk to a corral system over NATS.")
     parser.add_argument("--nats-url", default=None, help="NATS server(s), comma-separated (env NATS_URL)")
-    parser.add_argument("--prefix", default=None, help=f"subject prefix (env CORRAL_PREFIX, default {DEFAULT_PREFIX})")
+    parser.add_argument(
+        "--prefix", default=None, help=f"subject prefix (env CORRAL_PREFIX, default {DEFAULT_PREFIX})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start nats-server (embedded), every service and the modules of corral.toml")
+    up = sub.add_parser(
+        "up", help="start nats-server (embedded), every service and the modules of corral.toml"
+    )
     up.add_argument("-c", "--config", default="corral.toml", help="the system file (default corral.toml)")
 
     run = sub.add_parser("run", help="run one service in this process")
@@ -62,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     url = _nats_url(args)
     prefix = args.prefix or os.environ.get("CORRAL_PREFIX") or DEFAULT_PREFIX
-    bus = BusSettings.from_env(servers=[u.strip() for u in url.split(",")] if url else None, connect_attempts=3)
+    bus = BusSettings.from_env(
+        servers=[u.strip() for u in url.split(",")] if url else None, connect_attempts=3
+    )
     try:
         if args.command == "up":
             config = load_config(args.config)
@@ -72,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "run":
             code = commands.run_service(args.service)
         elif args.command == "send":
-            code = _run(commands.send(bus, prefix, args.module, args.type, args.payload, args.timeout, args.priority))
+            code = _run(
+                commands.send(bus, prefix, args.module, args.type, args.payload, args.timeout, args.priority)
+            )
         else:
             code = _run(commands.status(bus, prefix))
     except ConfigError as exc:

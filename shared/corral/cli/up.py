@@ -8,6 +8,7 @@ on Ctrl-C or SIGTERM stops everything in reverse order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -55,7 +56,9 @@ class System:
     async def start(self) -> None:
         await self._start_nats()
         assert self.nats_url is not None
-        self.nc = await connect(BusSettings.from_env(servers=[self.nats_url], name="corral-up", connect_attempts=10))
+        self.nc = await connect(
+            BusSettings.from_env(servers=[self.nats_url], name="corral-up", connect_attempts=10)
+        )
         services = [self._service_process(name) for name in SERVICES if self.config.service(name).enabled]
         await self._start_layer(services, self.config.startup_timeout, required=True)
         for layer in start_layers(self.config.modules):
@@ -125,7 +128,9 @@ class System:
         module = self.config.modules[name]
         env, instance = self._env(name, module.metrics_port, module.env)
         cwd = str(self.config.resolve(module.cwd)) if module.cwd else self.config.root
-        return ChildProcess(name, "module", self.config.module_argv(name), env, self._log_file(name), instance, cwd)
+        return ChildProcess(
+            name, "module", self.config.module_argv(name), env, self._log_file(name), instance, cwd
+        )
 
     def _log_file(self, name: str) -> Path:
         return self.config.resolve(self.config.log_dir) / f"{name}.log"
@@ -138,7 +143,9 @@ class System:
                 try:
                     await child.start()
                 except OSError as exc:
-                    raise StartupError(f"{child.role} {child.name} could not be started ({child.argv[0]}): {exc}") from exc
+                    raise StartupError(
+                        f"{child.role} {child.name} could not be started ({child.argv[0]}): {exc}"
+                    ) from exc
             await asyncio.gather(*(self._wait_registered(child, timeout) for child in children))
         for child in children:
             console.print(f"[green]up[/] {child.role} {child.name} (pid {child.pid})")
@@ -158,7 +165,8 @@ class System:
                     self.infos[child.instance] = info
                     return
         raise StartupError(
-            f"{child.role} {child.name} did not register within {timeout:g}s; see {child.log_file}:\n{child.log_tail()}"
+            f"{child.role} {child.name} did not register within {timeout:g}s; "
+            f"see {child.log_file}:\n{child.log_tail()}"
         )
 
     # --- running -----------------------------------------------------------------------------
@@ -170,7 +178,9 @@ class System:
             for child in layer:
                 info = self.infos.get(child.instance)
                 subjects = "\n".join(e.subject for e in info.endpoints) if info else ""
-                table.add_row(child.name, child.role, str(child.pid), subjects, info.metrics_url if info else "")
+                table.add_row(
+                    child.name, child.role, str(child.pid), subjects, info.metrics_url if info else ""
+                )
         for name, module in self.config.modules.items():
             if module.kind == "external":
                 table.add_row(name, "module (external)", "-", "started elsewhere", "")
@@ -191,10 +201,8 @@ class System:
                             f"[red]{child.role} {child.name} exited with code {child.process.returncode}[/]; "
                             f"see {child.log_file}"
                         )
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
 
     # --- shutdown ----------------------------------------------------------------------------
     async def stop(self) -> None:

@@ -131,7 +131,9 @@ class Service:
         def register(func: H) -> H:
             handler = typed_handler(verb, payload_type, func, self.settings.max_request_bytes)
             name = verb.replace(".", "-")
-            self.add_endpoint(name, subject or self.subjects.service(self.name, verb), handler, response_type=verb)
+            self.add_endpoint(
+                name, subject or self.subjects.service(self.name, verb), handler, response_type=verb
+            )
             return func
 
         return register
@@ -344,4 +346,3 @@ class Service:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-

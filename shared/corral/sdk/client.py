@@ -40,7 +40,9 @@ def new_traceparent() -> str:
 
 
 class Client:
-    def __init__(self, nc: NatsClient, *, prefix: str = DEFAULT_PREFIX, owns_connection: bool = False) -> None:
+    def __init__(
+        self, nc: NatsClient, *, prefix: str = DEFAULT_PREFIX, owns_connection: bool = False
+    ) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self._owns_connection = owns_connection

@@ -22,7 +22,7 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from corral.runtime import RequestContext, Service, ServiceSettings, run_forever
 from corral.runtime.endpoints import typed_handler
@@ -67,13 +67,15 @@ class Module:
         validate_token(type_, "message type")
 
         def register(func: F) -> F:
-            if not inspect.iscoroutinefunction(func):
+            if not inspect.iscoroutinefunction(cast(Any, func)):  # cast: keep F un-narrowed
                 raise TypeError(f"handler for {type_!r} must be `async def`, got {func!r}")
             if type_ in self.handlers:
                 raise ValueError(f"module {self.name!r} already has a handler for {type_!r}")
             params = list(inspect.signature(func).parameters.values())
             if not 1 <= len(params) <= 2:
-                raise TypeError(f"handler for {type_!r} takes (payload) or (payload, ctx), not {len(params)} params")
+                raise TypeError(
+                    f"handler for {type_!r} takes (payload) or (payload, ctx), not {len(params)} params"
+                )
             hints = typing.get_type_hints(func)
             payload_type = hints.get(params[0].name, Any)
             self.handlers[type_] = _Handler(type_, payload_type, func, wants_context=len(params) == 2)
@@ -94,7 +96,9 @@ class ModuleService(Service):
     role = "module"
 
     def __init__(self, module: Module, settings: ServiceSettings | None = None) -> None:
-        super().__init__(module.name, version=module.version, settings=settings, description=module.description)
+        super().__init__(
+            module.name, version=module.version, settings=settings, description=module.description
+        )
         self.module = module
 
     async def setup(self) -> None:
@@ -102,7 +106,9 @@ class ModuleService(Service):
             self.add_endpoint(
                 handler.type,
                 self.subjects.module(self.module.name, handler.type),
-                typed_handler(handler.type, handler.payload_type, _adapt(handler), self.settings.max_request_bytes),
+                typed_handler(
+                    handler.type, handler.payload_type, _adapt(handler), self.settings.max_request_bytes
+                ),
                 response_type=handler.type,
             )
 
