@@ -39,15 +39,15 @@ Limits (defaults)
 -----------------
 ``max_steps=100_000``
     one step per form evaluated; building data also costs one step per 32 list elements or string
-    characters created, and comparing or returning data one step per 32 list elements visited, so
-    exponential data growth is caught too.  Exceeding it raises ``LimitError("evaluation exceeded
-    100000 steps (infinite loop?)")``.
+    characters created, and comparing or returning data one step per list visited plus one per 32
+    of its elements, so exponential data growth is caught too.  Exceeding it raises
+    ``LimitError("evaluation exceeded 100000 steps (infinite loop?)")``.
 ``max_depth=200``
     at most 200 nested lambda calls (``(fact 150)`` fits); deeper raises ``LimitError("recursion
     deeper than 200 calls")``.  The returned value may not be nested deeper than this either, so
     the host can always serialise it with ``json.dumps``.
 Integers are capped at 4096 bits and floats must stay finite (``EvalError`` otherwise); ``str``
-produces at most 100000 characters.
+and ``concat`` produce at most 100000 characters.
 
 The evaluator never uses Python recursion for Lisp evaluation: every special form is a generator
 that *yields* the sub-expressions it needs, and a driver loop keeps those generators on an explicit
@@ -173,6 +173,7 @@ class Budget:
     def __init__(self, max_steps: int) -> None:
         self.max_steps = max_steps
         self.steps = 0
+        self.data = 0  # data work not yet charged as a step
 
     def charge(self, steps: int, where: Node | None = None) -> None:
         self.steps += steps
@@ -181,8 +182,16 @@ class Budget:
             raise LimitError(f"evaluation exceeded {self.max_steps} steps (infinite loop?)", line, column)
 
     def charge_data(self, size: int) -> None:
-        if size >= DATA_CHUNK:
-            self.charge(size // DATA_CHUNK)
+        """Charge one step per DATA_CHUNK list elements or characters (carrying the remainder)."""
+        self.data += size
+        if self.data >= DATA_CHUNK:
+            steps, self.data = divmod(self.data, DATA_CHUNK)
+            self.charge(steps)
+
+    def charge_list(self, size: int) -> None:
+        """Visiting a list while comparing or returning data: one step, plus its elements."""
+        self.charge(1)
+        self.charge_data(size)
 
 
 Args: TypeAlias = "tuple[Value, ...]"
@@ -340,7 +349,6 @@ def _equal(left: Value, right: Value, budget: Budget) -> bool:
     """Structural equality; numbers compare by value, booleans only equal booleans."""
     stack = [(left, right)]
     seen: set[tuple[int, int]] = set()
-    visited = 0
     while stack:
         a, b = stack.pop()
         if a is b:
@@ -351,11 +359,10 @@ def _equal(left: Value, right: Value, budget: Budget) -> bool:
                 return False
             if key not in seen:
                 seen.add(key)
-                visited += len(a)
+                budget.charge_list(len(a))
                 stack.extend(zip(a, b, strict=True))
         elif not _atom_equal(a, b):
             return False
-    budget.charge_data(visited)
     return True
 
 
@@ -1051,7 +1058,7 @@ def _to_json(value: Value, budget: Budget, max_depth: int) -> Any:
     def enter(_: Value, size: int, depth: int) -> None:
         if depth > max_depth:
             raise LimitError(f"result nested deeper than {max_depth} levels")
-        budget.charge_data(size)
+        budget.charge_list(size)
 
     return _map_tree(
         value, lambda v: v if isinstance(v, tuple) else None, _result_leaf, lambda _, kids: kids, enter
