@@ -37,7 +37,14 @@ async def serve_raw(url: str, prefix: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    nc = await nats.connect(url, name=f"bench-raw-echo:{prefix}")
+    # Bounded retries: with nats-py's defaults an unreachable server means minutes of retrying.
+    nc = await nats.connect(
+        url,
+        name=f"bench-raw-echo:{prefix}",
+        connect_timeout=5,
+        max_reconnect_attempts=5,
+        reconnect_time_wait=0.5,
+    )
 
     async def echo(msg: Msg) -> None:
         await msg.respond(msg.data)
@@ -50,7 +57,9 @@ async def serve_raw(url: str, prefix: str) -> None:
 
 def settings_for(url: str, prefix: str) -> ServiceSettings:
     # metrics_port=-1: no HTTP endpoint; WARNING: no per-start INFO lines in the bench's logs.
-    return ServiceSettings(prefix=prefix, bus=BusSettings(servers=[url]), metrics_port=-1, log_level="WARNING")
+    return ServiceSettings(
+        prefix=prefix, bus=BusSettings(servers=[url]), metrics_port=-1, log_level="WARNING"
+    )
 
 
 def echo_module() -> Module:
@@ -64,7 +73,9 @@ def echo_module() -> Module:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--nats-url", required=True)
     parser.add_argument("--prefix", required=True, help="subject prefix, unique per bench run")

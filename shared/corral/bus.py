@@ -120,8 +120,13 @@ async def connect(
         if on_reconnect is not None:
             await on_reconnect()
 
+    last_error: list[Exception] = []
+
     async def error(exc: Exception) -> None:
-        log.warning("NATS client error: %s", exc)
+        if nc.is_connected or nc.is_reconnecting:
+            log.warning("NATS client error: %s", exc)
+        else:  # a failed first attempt: the retry loop below reports it
+            last_error[:] = [exc]
 
     options = _client_options(settings)
     options.update(disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error, name=name)
@@ -129,22 +134,24 @@ async def connect(
     for attempt in range(1, attempts + 1):
         nc = Client()
         try:
-            # allow_reconnect=False for the first attempt: nats-py would otherwise retry inside
-            # connect() without telling us; we count and log attempts ourselves.
-            await nc.connect(**options, allow_reconnect=False)
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            # nats-py retries a failing first connection forever when max_reconnect_attempts <= 0,
+            # so each of our attempts allows one retry per server; we count and log attempts.
+            await nc.connect(**{**options, "max_reconnect_attempts": 1}, allow_reconnect=False)
+        except (TimeoutError, OSError, nats.errors.Error) as failure:
+            exc = last_error[0] if last_error else failure
             left = attempts - attempt
             if left == 0:
                 raise ConnectionError(
                     f"could not connect to NATS at {', '.join(settings.servers)} after {attempts} attempts: "
                     f"{exc!r}. Is nats-server running? Set NATS_URL to its address."
-                ) from exc
+                ) from failure
             log.warning("NATS at %s not reachable (%r); %d attempts left", settings.servers, exc, left)
             await asyncio.sleep(min(0.2 * attempt, 2.0))
             continue
         break
-    # Now that we are connected, turn reconnection on for the life of the client.
+    # Now that we are connected, reconnect forever for the life of the client.
     nc.options["allow_reconnect"] = True
+    nc.options["max_reconnect_attempts"] = -1
     log.info("connected to NATS at %s", nc.connected_url.netloc if nc.connected_url else settings.servers)
     return nc
 

@@ -37,10 +37,11 @@ class NatsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_payload: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        # msgspec appends "- at `$.nats`"; the message names the field itself.
         if self.sync_interval not in ("default", "always") and not _DURATION.match(self.sync_interval):
             raise ValueError(
-                f"sync_interval must be 'default', 'always' or a duration like '10s', "
-                f"got {self.sync_interval!r} - at `$.nats.sync_interval`"
+                "sync_interval must be 'default', 'always' or a duration like '10s', "
+                f"got {self.sync_interval!r}"
             )
 
 
@@ -91,7 +92,7 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for arg in module.command:
             arg = arg.replace("{python}", sys.executable)
             # A relative path that exists next to corral.toml is made absolute, so cwd does not matter.
-            if not Path(arg).is_absolute() and (Path(self.root) / arg).exists():
+            if arg and not Path(arg).is_absolute() and (Path(self.root) / arg).exists():
                 arg = str(Path(self.root) / arg)
             argv.append(arg)
         return argv
@@ -105,7 +106,7 @@ def load_config(path: str | Path) -> SystemConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     try:
-        config = msgspec.toml.decode(raw, type=SystemConfig)
+        config = _decode(raw)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     config.root = str(path.resolve().parent)
@@ -114,6 +115,37 @@ def load_config(path: str | Path) -> SystemConfig:
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     return config
+
+
+def _decode(raw: bytes) -> SystemConfig:
+    """Decode corral.toml. Tables keyed by name are converted one by one, because msgspec
+    reports a dict entry's path as `$.modules[...]`; we want `$.modules.<name>.<field>`."""
+    document = msgspec.toml.decode(raw)
+    if not isinstance(document, dict):
+        raise msgspec.ValidationError("expected a TOML document")
+    tables: dict[str, dict[str, Any]] = {}
+    for section, kind in (("modules", ModuleConfig), ("services", ServiceConfig)):
+        entries = document.pop(section, {})
+        if not isinstance(entries, dict):
+            raise msgspec.ValidationError(f"Expected a table of {section} - at `$.{section}`")
+        tables[section] = {
+            name: _convert(body, kind, f"$.{section}.{name}") for name, body in entries.items()
+        }
+    config = msgspec.convert(document, SystemConfig)
+    config.modules = tables["modules"]
+    config.services = tables["services"]
+    return config
+
+
+def _convert(body: Any, kind: type[Any], path: str) -> Any:
+    try:
+        return msgspec.convert(body, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if " - at `$" in message:
+            head, _, tail = message.rpartition(" - at `$")
+            raise msgspec.ValidationError(f"{head} - at `{path}{tail}") from None
+        raise msgspec.ValidationError(f"{message} - at `{path}`") from None
 
 
 def validate(config: SystemConfig) -> None:

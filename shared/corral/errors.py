@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from corral.protocol import ErrorCode, ErrorPayload
 
@@ -105,7 +104,12 @@ def error_from_payload(payload: ErrorPayload | dict[str, object]) -> CorralError
         code, errors = payload.code, payload.errors
     else:
         raw_errors = payload.get("errors")
-        errors = [str(e) for e in raw_errors] if isinstance(raw_errors, Sequence) else []
+        if isinstance(raw_errors, str):
+            errors = [raw_errors]
+        elif isinstance(raw_errors, list | tuple):
+            errors = [str(e) for e in raw_errors]
+        else:
+            errors = []
         try:
             code = ErrorCode(str(payload.get("code")))
         except ValueError:

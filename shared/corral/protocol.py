@@ -80,7 +80,7 @@ PRIORITY_NAMES: Final[Mapping[str, Priority]] = {p.name.lower(): p for p in Prio
 def parse_priority(value: int | str, field: str = "priority") -> Priority:
     """Accept 0-4 or a name ("high"); raise ValueError naming the field otherwise."""
     if isinstance(value, str):
-        if value.strip().isdigit():
+        if value.strip().isdecimal():  # not isdigit(): '²' is a digit int() refuses
             value = int(value)
         else:
             try:

@@ -6,6 +6,7 @@ and the module's reply bytes are returned as they came.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -95,8 +96,10 @@ class CallRouter:
                 raise ValueError(
                     f"header {TIMEOUT_HEADER} must be a number of seconds, got {header!r}"
                 ) from None
-            if value <= 0:
-                raise ValueError(f"header {TIMEOUT_HEADER} must be positive, got {header!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(
+                    f"header {TIMEOUT_HEADER} must be a positive number of seconds, got {header!r}"
+                )
             candidates.append(value)
         return min(candidates)
 

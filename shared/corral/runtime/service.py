@@ -331,12 +331,21 @@ class Service:
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
-        await self.start()
-        waiters = [asyncio.create_task(stop_requested.wait()), asyncio.create_task(self._stopped.wait())]
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        signalled = asyncio.create_task(stop_requested.wait())
+        starting = asyncio.create_task(self.start())
+        # SIGTERM while still connecting (NATS not up yet) must end the process too.
+        await asyncio.wait([starting, signalled], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        elif starting.exception() is None:
+            stopped = asyncio.create_task(self._stopped.wait())
+            await asyncio.wait([signalled, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+        signalled.cancel()
         await self.stop()
+        if starting.done() and not starting.cancelled() and (exc := starting.exception()) is not None:
+            raise exc
 
     async def __aenter__(self) -> Service:
         await self.start()

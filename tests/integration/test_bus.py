@@ -1,0 +1,88 @@
+"""corral.bus against a real nats-server: bounded first connect, durable publish, declarations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from corral.bus import BusSettings, KVSpec, StreamSpec, connect, ensure_kv, ensure_stream, publish_durable
+from corral.natsd import NatsServer
+
+
+async def test_first_connect_gives_up_after_its_attempts_and_says_why() -> None:
+    settings = BusSettings(servers=["nats://127.0.0.1:1"], connect_attempts=2, reconnect_time_wait=0.1)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as caught:
+        await connect(settings)
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert message.startswith("could not connect to NATS at nats://127.0.0.1:1 after 2 attempts: ")
+    assert "ConnectionRefusedError" in message
+    assert message.endswith("Is nats-server running? Set NATS_URL to its address.")
+
+
+def test_sigterm_stops_a_service_still_waiting_for_nats() -> None:
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1", "CORRAL_PREFIX": "nowhere"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.state"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+async def test_declarations_are_idempotent_and_update_in_place(nats_url: str, prefix: str) -> None:
+    nc = await connect(BusSettings(servers=[nats_url]))
+    js = nc.jetstream()
+    try:
+        spec = StreamSpec(name=f"{prefix}_S", subjects=[f"{prefix}.s.>"], max_msgs=10)
+        first = await ensure_stream(js, spec)
+        again = await ensure_stream(js, spec)
+        assert first.config.max_msgs == again.config.max_msgs == 10
+        changed = await ensure_stream(
+            js, StreamSpec(name=f"{prefix}_S", subjects=[f"{prefix}.s.>"], max_msgs=20)
+        )
+        assert changed.config.max_msgs == 20
+
+        kv = await ensure_kv(js, KVSpec(bucket=f"{prefix}_kv", history=2))
+        await kv.put("k", b"1")
+        kv = await ensure_kv(js, KVSpec(bucket=f"{prefix}_kv", history=5))
+        info = await js.stream_info(f"KV_{prefix}_kv")
+        assert info.config.max_msgs_per_subject == 5
+        assert (await kv.get("k")).value == b"1"  # updating kept the data
+    finally:
+        await nc.close()
+
+
+async def test_publish_durable_survives_a_server_restart_without_duplicates(nats_server: NatsServer) -> None:
+    nc = await connect(BusSettings(servers=[nats_server.url], reconnect_time_wait=0.1))
+    js = nc.jetstream()
+    try:
+        await ensure_stream(js, StreamSpec(name="DUR", subjects=["dur.>"]))
+        await publish_durable(js, "dur.a", b"first", msg_id="m-1")
+        nats_server.kill()
+        # The server is down: publish_durable keeps retrying with the same message id...
+        pending = asyncio.create_task(publish_durable(js, "dur.a", b"second", msg_id="m-2", timeout=0.5))
+        await asyncio.sleep(1.0)
+        assert not pending.done()
+        await asyncio.to_thread(nats_server.start)
+        ack = await asyncio.wait_for(pending, 30)
+        assert ack.seq == 2
+        # ...and a retry of an already stored id is dropped by the duplicate window.
+        duplicate = await publish_durable(js, "dur.a", b"second", msg_id="m-2")
+        assert duplicate.duplicate is True
+        assert (await js.stream_info("DUR")).state.messages == 2
+    finally:
+        await nc.close()
