@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from corral.errors import ConfigError
+from corral.policy import BreakerConfig, BulkheadConfig, CallPolicy
 from corral.subjects import DEFAULT_PREFIX, SERVICES, validate_token
 
 __all__ = [
@@ -67,6 +68,13 @@ class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_timeout: PositiveSeconds = 10.0
     metrics_port: Port = 0
     config: dict[str, Any] = {}
+    # How the orchestrator protects callers from this module (see corral.policy).
+    timeout: PositiveSeconds = 30.0
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    bulkhead: BulkheadConfig = msgspec.field(default_factory=BulkheadConfig)
+
+    def policy(self) -> CallPolicy:
+        return CallPolicy(timeout=self.timeout, breaker=self.breaker, bulkhead=self.bulkhead)
 
 
 class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -78,6 +86,7 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     services: dict[str, ServiceConfig] = {}
     modules: dict[str, ModuleConfig] = {}
     root: str = "."  # the folder of corral.toml; set by load_config, not read from the file
+    source: str = ""  # the path of corral.toml; set by load_config
 
     def service(self, name: str) -> ServiceConfig:
         return self.services.get(name) or ServiceConfig()
@@ -110,6 +119,7 @@ def load_config(path: str | Path) -> SystemConfig:
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     config.root = str(path.resolve().parent)
+    config.source = str(path.resolve())
     try:
         validate(config)
     except ValueError as exc:

@@ -17,6 +17,7 @@ class EndpointInfo(msgspec.Struct):
     name: str
     subject: str
     queue_group: str = ""
+    metadata: dict[str, str] | None = None
 
 
 class InstanceInfo(msgspec.Struct):

@@ -114,6 +114,8 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     id: str | None = None
     priority: int | str = Priority.NORMAL
     timeout: Seconds | None = None
+    # Extra attempts after a timeout or module error; only for types the module declares idempotent.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
 
     def __post_init__(self) -> None:
         self.priority = parse_priority(self.priority)

@@ -11,12 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "SERVICES", "Subjects", "validate_token"]
+__all__ = ["DEFAULT_PREFIX", "EVENT_SOURCES", "SERVICES", "Subjects", "validate_token"]
 
 DEFAULT_PREFIX: Final = "corral"
 
 # The services `corral up` starts, in start order (stopped in reverse).
 SERVICES: Final = ("state", "health", "scheduler", "orchestrator")
+
+# Sources of events kept in the CORRAL_EVENTS stream (`<prefix>.evt.<source>.>`). Routed-message
+# events (`<prefix>.evt.message.<type>`) are deliberately not among them: they are live only.
+EVENT_SOURCES: Final = ("lifecycle", "breaker", "health", "resource", "task", "workflow", "config", "state")
 
 # A subject token a user may choose (module names, message types, service names).
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -77,6 +81,14 @@ class Subjects:
     @property
     def events_all(self) -> str:
         return f"{self.prefix}.evt.>"
+
+    @property
+    def events_stream_subjects(self) -> list[str]:
+        return [f"{self.prefix}.evt.{source}.>" for source in EVENT_SOURCES]
+
+    def message_event(self, type_: str) -> str:
+        """Live copies of routed messages of one type, for subscribers by type."""
+        return f"{self.prefix}.evt.message.{type_}"
 
     def task_event(self, task_id: str, event: str) -> str:
         return f"{self.prefix}.task.{task_id}.{event}"

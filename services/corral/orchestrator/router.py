@@ -1,21 +1,32 @@
 """The mediated call path: `<prefix>.send.<module>` -> `<prefix>.mod.<module>.<type>`.
 
-The payload is forwarded as the raw bytes the caller sent (never decoded and re-encoded),
-and the module's reply bytes are returned as they came.
+Per call: validate the Envelope, take a breaker permit (CIRCUIT_OPEN at once when open),
+take a bulkhead slot (queued by priority; OVERLOADED when the queue is full), forward the
+payload as the raw bytes the caller sent (never decoded and re-encoded) with the smallest of
+the module's, the Envelope's and the header's timeout, retry idempotent types on request,
+and return the module's reply bytes as they came.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from corral.discovery import discover, module_types
+from corral.errors import CircuitOpenError, CorralError
+from corral.orchestrator.breaker import CircuitBreaker, Permit
+from corral.orchestrator.breakers import BreakerBoard
+from corral.orchestrator.bulkhead import Bulkhead
+from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.stats import ModuleStats
+from corral.policy import CallPolicy
 from corral.protocol import (
     TIMEOUT_HEADER,
     TRACEPARENT_HEADER,
@@ -26,33 +37,64 @@ from corral.protocol import (
     describe_decode_error,
 )
 from corral.runtime import Reply, error_reply
-from corral.runtime.endpoints import ERROR_CODE_HEADER
+from corral.runtime.endpoints import ERROR_CODE_HEADER, exception_reply
 from corral.subjects import Subjects
 
-__all__ = ["CallRouter", "ModuleCallStats"]
+__all__ = ["CallRouter", "ModuleRoute"]
 
 _FORWARDED_HEADERS = ("Content-Type", TRACEPARENT_HEADER, "tracestate")
+# Outcomes that say the module is unwell (they count for its breaker and may be retried).
+_MODULE_FAULTS = frozenset(
+    {ErrorCode.TIMEOUT.value, ErrorCode.MODULE_ERROR.value, ErrorCode.UNAVAILABLE.value}
+)
+_RETRY_BASE_DELAY = 0.05
 
 
 @dataclass(slots=True)
-class ModuleCallStats:
-    calls: int = 0
-    successes: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    total_seconds: float = 0.0
+class ModuleRoute:
+    """Everything the call path keeps per module."""
+
+    policy: CallPolicy
+    breaker: CircuitBreaker
+    bulkhead: Bulkhead
+    stats: ModuleStats
 
 
 class CallRouter:
     def __init__(
-        self, nc: Client, subjects: Subjects, *, default_timeout: float, max_request_bytes: int
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        policy_for: dict[str, CallPolicy],
+        default_policy: CallPolicy,
+        board: BreakerBoard,
+        catalog: ModuleCatalog,
+        max_request_bytes: int,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
-        self.default_timeout = default_timeout
+        self.policy_for = policy_for
+        self.default_policy = default_policy
+        self.board = board
+        self.catalog = catalog
         self.max_request_bytes = max_request_bytes
-        self.stats: dict[str, ModuleCallStats] = {}
+        self.routes: dict[str, ModuleRoute] = {}
+        self.watched_types: set[str] = set()  # types someone subscribed to (see subscriptions.py)
+        self.routed = 0
         self._send_prefix = subjects.send("")  # "corral.send."
 
+    def route(self, module: str) -> ModuleRoute:
+        route = self.routes.get(module)
+        if route is None:
+            policy = self.policy_for.get(module, self.default_policy)
+            route = ModuleRoute(
+                policy, self.board.get(module), Bulkhead(module, policy.bulkhead), ModuleStats()
+            )
+            self.routes[module] = route
+        return route
+
+    # --- the request -------------------------------------------------------------------------
     async def handle(self, msg: Msg) -> Reply:
         codec = codec_for(msg.headers)
         module = msg.subject[len(self._send_prefix) :]
@@ -77,15 +119,26 @@ class CallRouter:
             return error_reply(
                 codec, "send", ErrorCode.VALIDATION, describe_decode_error(exc, codec, "envelope")
             )
+        route = self.route(module)
         try:
-            timeout = self._timeout(envelope, msg)
+            timeout = self._timeout(envelope, msg, route.policy)
         except ValueError as exc:
             return error_reply(codec, envelope.type, ErrorCode.VALIDATION, str(exc))
-        return await self._forward(module, envelope, msg, codec, timeout)
+        self.routed += 1
+        if self.watched_types and envelope.type in self.watched_types:
+            await self.nc.publish(
+                self.subjects.message_event(envelope.type), msg.data, headers={"Module": module}
+            )
+        started = time.perf_counter()
+        reply = await self._guarded(module, route, envelope, msg, codec, timeout)
+        route.stats.record(reply.code, time.perf_counter() - started)
+        if reply.code == ErrorCode.NOT_FOUND.value and route.stats.calls == 1:
+            self._forget(module)  # do not keep state for names nobody serves
+        return reply
 
-    def _timeout(self, envelope: Envelope, msg: Msg) -> float:
-        """The smallest of the module default, the Envelope's `timeout` and the Corral-Timeout header."""
-        candidates = [self.default_timeout]
+    def _timeout(self, envelope: Envelope, msg: Msg, policy: CallPolicy) -> float:
+        """The smallest of the module's timeout, the Envelope's `timeout` and the Corral-Timeout header."""
+        candidates = [policy.timeout]
         if envelope.timeout is not None:
             candidates.append(envelope.timeout)
         header = (msg.headers or {}).get(TIMEOUT_HEADER)
@@ -103,15 +156,61 @@ class CallRouter:
             candidates.append(value)
         return min(candidates)
 
-    async def _forward(
-        self, module: str, envelope: Envelope, msg: Msg, codec: Codec, timeout: float
+    async def _guarded(
+        self, module: str, route: ModuleRoute, envelope: Envelope, msg: Msg, codec: Codec, timeout: float
     ) -> Reply:
-        stats = self.stats.get(module)
-        if stats is None:
-            stats = self.stats[module] = ModuleCallStats()
+        """Breaker, then bulkhead, then the call (with retries); errors of our own become replies."""
+        try:
+            permit = route.breaker.acquire()
+        except CircuitOpenError as exc:
+            return exception_reply(codec, envelope.type, exc)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with route.bulkhead.slot(int(envelope.priority), timeout):
+                reply = await self._call_with_retries(module, envelope, msg, codec, deadline, timeout)
+            self._judge(permit, reply, deadline - timeout)
+            return reply
+        except CorralError as exc:  # OVERLOADED or no slot in time: our queue, not the module's fault
+            return exception_reply(codec, envelope.type, exc)
+        finally:
+            permit.release()  # no-op once judged; frees a half-open probe slot on any other exit
+
+    def _judge(self, permit: Permit, reply: Reply, started: float) -> None:
+        if reply.success:
+            permit.success(asyncio.get_running_loop().time() - started)
+        elif reply.code in _MODULE_FAULTS:
+            permit.failure(reply.code)
+        # VALIDATION, NOT_FOUND, ...: the caller's mistake says nothing about the module.
+
+    async def _call_with_retries(
+        self, module: str, envelope: Envelope, msg: Msg, codec: Codec, deadline: float, timeout: float
+    ) -> Reply:
+        loop = asyncio.get_running_loop()
+        if envelope.retries and not await self.catalog.is_idempotent(module, envelope.type):
+            return error_reply(
+                codec,
+                envelope.type,
+                ErrorCode.VALIDATION,
+                f"retries requested, but module {module!r} does not declare {envelope.type!r} idempotent; "
+                "send without `retries`",
+            )
+        attempt = 0
+        while True:
+            remaining = max(0.001, deadline - loop.time())
+            reply = await self._call(module, envelope, msg, codec, remaining, timeout)
+            delay = _RETRY_BASE_DELAY * 2**attempt * (0.5 + random.random())
+            if reply.success or reply.code not in _MODULE_FAULTS or attempt >= envelope.retries:
+                return reply
+            if loop.time() + delay >= deadline:
+                return reply
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _call(
+        self, module: str, envelope: Envelope, msg: Msg, codec: Codec, remaining: float, timeout: float
+    ) -> Reply:
+        """One request to the module, waiting `remaining` seconds of the call's `timeout`."""
         headers = {k: v for k in _FORWARDED_HEADERS if msg.headers and (v := msg.headers.get(k))} or None
-        started = time.perf_counter()
-        stats.calls += 1
         try:
             response = await self.nc.request(
                 self.subjects.module(module, envelope.type),
@@ -120,31 +219,40 @@ class CallRouter:
                 headers=headers,
             )
         except nats.errors.NoRespondersError:
-            reply = await self._not_found(module, envelope.type, codec)
+            return await self._no_responders(module, envelope.type, codec)
         except nats.errors.TimeoutError:
-            reply = error_reply(
+            return error_reply(
                 codec,
                 envelope.type,
                 ErrorCode.TIMEOUT,
                 f"module {module!r} did not answer {envelope.type!r} within {timeout:g}s",
             )
-        else:
-            code = response.headers.get(ERROR_CODE_HEADER, "ok") if response.headers else "ok"
-            reply = Reply(response.data, response.headers, code == "ok", code)
-        stats.total_seconds += time.perf_counter() - started
-        if reply.success:
-            stats.successes += 1
-        else:
-            stats.errors[reply.code] = stats.errors.get(reply.code, 0) + 1
-        return reply
+        code = response.headers.get(ERROR_CODE_HEADER, "ok") if response.headers else "ok"
+        return Reply(response.data, response.headers, code == "ok", code)
 
-    async def _not_found(self, module: str, type_: str, codec: Codec) -> Reply:
-        modules = module_types(await discover(self.nc, self.subjects.prefix), self.subjects.prefix)
+    async def _no_responders(self, module: str, type_: str, codec: Codec) -> Reply:
+        """Nobody answered: say whether the module is down, unknown, or lacks the type."""
+        modules = await self.catalog.refresh()
         if module in modules:
             handled = ", ".join(sorted(modules[module])) or "nothing"
-            message = f"module {module!r} has no message type {type_!r}; it handles: {handled}"
-        elif modules:
-            message = f"no module named {module!r} is running; running modules: {', '.join(sorted(modules))}"
-        else:
-            message = f"no module named {module!r} is running, and no modules are running at all"
+            return error_reply(
+                codec,
+                type_,
+                ErrorCode.NOT_FOUND,
+                f"module {module!r} has no message type {type_!r}; it handles: {handled}",
+            )
+        if module in self.policy_for or self.catalog.was_seen(module):
+            return error_reply(
+                codec, type_, ErrorCode.UNAVAILABLE, f"module {module!r} has no running instance"
+            )
+        running = ", ".join(sorted(modules))
+        message = (
+            f"no module named {module!r} is running; running modules: {running}"
+            if modules
+            else f"no module named {module!r} is running, and no modules are running at all"
+        )
         return error_reply(codec, type_, ErrorCode.NOT_FOUND, message)
+
+    def _forget(self, module: str) -> None:
+        self.routes.pop(module, None)
+        self.board.forget(module)

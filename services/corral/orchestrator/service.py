@@ -1,19 +1,36 @@
-"""The orchestrator service: the mediated call path and a view of what runs."""
+"""The orchestrator service: the mediated call path, breakers, statistics and a view of what runs.
+
+Call policies (timeout, breaker, bulkhead per module) come from the system file named by
+`CORRAL_CONFIG` (`corral up` sets it); modules without an entry get the defaults.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from corral.config import load_config
 from corral.discovery import discover, module_types
+from corral.errors import NotFoundError
+from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
+from corral.orchestrator.breakers import BreakerBoard
+from corral.orchestrator.catalog import ModuleCatalog
 from corral.orchestrator.router import CallRouter
+from corral.orchestrator.subscriptions import Subscriptions
+from corral.policy import CallPolicy
 from corral.runtime import RequestContext, Service, ServiceSettings
 
 __all__ = ["OrchestratorService"]
 
-DEFAULT_CALL_TIMEOUT = 30.0
+ModuleName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
+TypeName = ModuleName
 
 
 class ModuleSummary(msgspec.Struct):
@@ -23,43 +40,98 @@ class ModuleSummary(msgspec.Struct):
     version: str
 
 
+class BreakerReset(msgspec.Struct, forbid_unknown_fields=True):
+    module: ModuleName
+
+
+class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
+    type: TypeName
+    ttl: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+
+
 class OrchestratorService(Service):
     def __init__(
-        self, settings: ServiceSettings | None = None, *, call_timeout: float = DEFAULT_CALL_TIMEOUT
+        self,
+        settings: ServiceSettings | None = None,
+        *,
+        policies: dict[str, CallPolicy] | None = None,
+        default_policy: CallPolicy | None = None,
+        call_timeout: float | None = None,
     ) -> None:
+        """`policies` per module and `default_policy` for the rest; `call_timeout` is a shortcut
+        for a default policy with that timeout."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
-        self.call_timeout = call_timeout
+        if policies is None:
+            policies = _policies_from_config(os.environ.get("CORRAL_CONFIG"))
+        self.policies = policies
+        if default_policy is None:
+            default_policy = CallPolicy() if call_timeout is None else CallPolicy(timeout=call_timeout)
+        self.default_policy = default_policy
         self.router: CallRouter | None = None
+        self.board: BreakerBoard | None = None
+        self.subscriptions = Subscriptions()
 
     async def setup(self) -> None:
+        self.board = BreakerBoard(
+            self.js,
+            self.subjects,
+            # Unique even if two replicas were given the same CORRAL_INSTANCE: a replica ignores
+            # the breaker entries it wrote itself.
+            f"{self.instance}-{uuid.uuid4().hex[:6]}",
+            lambda module: self.policies.get(module, self.default_policy).breaker,
+        )
+        await self.board.start()
         self.router = CallRouter(
             self.nc,
             self.subjects,
-            default_timeout=self.call_timeout,
+            policy_for=self.policies,
+            default_policy=self.default_policy,
+            board=self.board,
+            catalog=ModuleCatalog(self.nc, self.subjects.prefix),
             max_request_bytes=self.settings.max_request_bytes,
         )
+        self.subscriptions.router = self.router
+        self.subscriptions.start()
         self.add_endpoint("send", self.subjects.send_all, self.router.handle, response_type="send")
         self.endpoint("status")(self._status)
+        self.endpoint("stats")(self._stats)
         self.endpoint("modules")(self._modules)
+        self.endpoint("breakers")(self._breakers)
+        self.endpoint("breaker.reset", BreakerReset)(self._breaker_reset)
+        self.endpoint("subscribe", Subscribe)(self._subscribe)
+        self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
+
+    async def teardown(self) -> None:
+        await self.subscriptions.stop()
+        if self.board is not None:
+            await self.board.stop()
 
     async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
-        assert self.router is not None
         return {
             "service": self.name,
             "instance": self.instance,
             "version": self.version,
             "uptime_seconds": round(time.time() - self.started_at, 3),
-            "routed": {
-                module: {
-                    "calls": s.calls,
-                    "successes": s.successes,
-                    "errors": s.errors,
-                    "mean_ms": round(1000 * s.total_seconds / s.calls, 3) if s.calls else 0.0,
-                }
-                for module, s in sorted(self.router.stats.items())
-            },
+            **(await self._stats(None, ctx)),
+        }
+
+    async def _stats(self, _: None, ctx: RequestContext) -> dict[str, Any]:
+        assert self.router is not None
+        modules = {}
+        for name, route in sorted(self.router.routes.items()):
+            modules[name] = {
+                **route.stats.as_dict(),
+                "in_flight": route.bulkhead.in_flight,
+                "queued": route.bulkhead.queued,
+                "breaker": route.breaker.state.value,
+                "first_call_seconds_ago": round(time.time() - route.stats.first_call, 3),
+            }
+        return {
+            "routed": self.router.routed,
+            "modules": modules,
+            "subscribed_types": sorted(self.router.watched_types),
         }
 
     async def _modules(self, _: None, ctx: RequestContext) -> list[ModuleSummary]:
@@ -74,3 +146,76 @@ class OrchestratorService(Service):
             )
             summary.instances += 1
         return list(summaries.values())
+
+    async def _breakers(self, _: None, ctx: RequestContext) -> list[BreakerSnapshot]:
+        assert self.board is not None
+        return self.board.snapshots()
+
+    async def _breaker_reset(self, req: BreakerReset, ctx: RequestContext) -> BreakerSnapshot:
+        assert self.board is not None
+        if req.module not in self.board.breakers:
+            known = ", ".join(sorted(self.board.breakers)) or "none yet"
+            raise NotFoundError(f"no breaker for module {req.module!r}; breakers: {known}")
+        breaker = self.board.get(req.module)
+        breaker.reset()
+        return breaker.snapshot()
+
+    async def _subscribe(self, req: Subscribe, ctx: RequestContext) -> dict[str, Any]:
+        expires = self.subscriptions.add(req.type, req.ttl)
+        return {"type": req.type, "subject": self.subjects.message_event(req.type), "expires_in": expires}
+
+
+def _policies_from_config(path: str | None) -> dict[str, CallPolicy]:
+    if not path:
+        return {}
+    config = load_config(path)
+    return {name: module.policy() for name, module in config.modules.items()}
+
+
+_BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+
+class _RouteCollector(Collector):
+    """Per-module figures read at scrape time, so the call path pays nothing for them."""
+
+    def __init__(self, prefix: str, router: CallRouter) -> None:
+        self.prefix = prefix
+        self.router = router
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        calls = CounterMetricFamily(
+            f"{self.prefix}_module_calls",
+            "Calls routed to a module, by outcome",
+            labels=["module", "outcome"],
+        )
+        breaker = GaugeMetricFamily(
+            f"{self.prefix}_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            labels=["module"],
+        )
+        in_flight = GaugeMetricFamily(
+            f"{self.prefix}_module_in_flight_calls", "Calls in flight", labels=["module"]
+        )
+        queued = GaugeMetricFamily(
+            f"{self.prefix}_module_queued_calls", "Calls waiting for a slot", labels=["module"]
+        )
+        latency = GaugeMetricFamily(
+            f"{self.prefix}_module_latency_seconds",
+            "Recent call latency percentiles",
+            labels=["module", "quantile"],
+        )
+        for name, route in self.router.routes.items():
+            calls.add_metric([name, "ok"], route.stats.successes)
+            for code, count in route.stats.errors.items():
+                calls.add_metric([name, code], count)
+            breaker.add_metric([name], _BREAKER_VALUES[route.breaker.state])
+            in_flight.add_metric([name], route.bulkhead.in_flight)
+            queued.add_metric([name], route.bulkhead.queued)
+            for key, value in route.stats.percentiles().items():
+                latency.add_metric(
+                    [name, {"p50_ms": "0.5", "p95_ms": "0.95", "p99_ms": "0.99"}[key]], value / 1000
+                )
+        yield from (calls, breaker, in_flight, queued, latency)
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return iter(())

@@ -119,7 +119,9 @@ class System:
 
     def _service_process(self, name: str) -> ChildProcess:
         service = self.config.service(name)
-        env, instance = self._env(name, service.metrics_port, service.env)
+        # The orchestrator reads per-module call policies (timeouts, breakers, bulkheads) from it.
+        extra = {"CORRAL_CONFIG": self.config.source, **service.env} if self.config.source else service.env
+        env, instance = self._env(name, service.metrics_port, extra)
         return ChildProcess(
             name, "service", [sys.executable, "-m", f"corral.{name}"], env, self._log_file(name), instance
         )

@@ -130,6 +130,7 @@ class Endpoint:
     handler: RawHandler
     response_type: str
     queue_group: str | None = None
+    metadata: dict[str, str] | None = None  # published in the Services API INFO of the endpoint
     stats: EndpointStats = field(default_factory=EndpointStats)
 
     async def serve(self, msg: Msg) -> Reply:

@@ -113,9 +113,10 @@ class Service:
         *,
         response_type: str | None = None,
         queue_group: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Endpoint:
         """Add a raw endpoint: `handler(msg)` returns the encoded Reply."""
-        endpoint = Endpoint(name, subject, handler, response_type or name, queue_group)
+        endpoint = Endpoint(name, subject, handler, response_type or name, queue_group, metadata)
         self.endpoints.append(endpoint)
         return endpoint
 
@@ -199,6 +200,7 @@ class Service:
                 subject=endpoint.subject,
                 handler=self._dispatcher(endpoint),
                 queue_group=endpoint.queue_group,
+                metadata=endpoint.metadata,
             )
 
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Any], Awaitable[None]]:

@@ -9,21 +9,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from corral.bus import BusSettings, connect
 from corral.errors import CallTimeoutError, UnavailableError, error_from_payload
 from corral.protocol import TIMEOUT_HEADER, TRACEPARENT_HEADER, Priority, parse_priority
 from corral.subjects import DEFAULT_PREFIX, Subjects, validate_token
 
-__all__ = ["Client", "new_traceparent"]
+__all__ = ["Client", "MessageEvent", "TypeSubscription", "new_traceparent"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -32,6 +37,63 @@ class _Reply(msgspec.Struct):
     type: str
     success: bool
     payload: Any = None
+
+
+class MessageEvent(msgspec.Struct):
+    """A routed message as a type subscriber sees it."""
+
+    module: str
+    type: str
+    payload: Any = None
+    timestamp: float | None = None
+
+
+class _RoutedEnvelope(msgspec.Struct):
+    type: str
+    payload: Any = None
+    timestamp: float | None = None
+
+
+class TypeSubscription:
+    def __init__(
+        self, client: Client, type_: str, handler: Callable[[MessageEvent], Awaitable[None]], lease: float
+    ) -> None:
+        self.client = client
+        self.type = type_
+        self.handler = handler
+        self.lease = lease
+        self._sub: Subscription | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        nc = self.client.nc
+        self._sub = await nc.subscribe(self.client.subjects.message_event(self.type), cb=self._deliver)
+        await self._renew()
+        self._renewer = asyncio.create_task(self._renew_forever())
+
+    async def _renew(self) -> None:
+        body = _encoder.encode({"type": self.type, "ttl": self.lease})
+        await self.client.nc.request(
+            self.client.subjects.service("orchestrator", "subscribe"), body, timeout=5
+        )
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(Exception):  # the orchestrator may be restarting; try again next time
+                await self._renew()
+
+    async def _deliver(self, msg: Msg) -> None:
+        routed = msgspec.json.decode(msg.data, type=_RoutedEnvelope)
+        module = (msg.headers or {}).get("Module", "")
+        await self.handler(MessageEvent(module, routed.type, routed.payload, routed.timestamp))
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
 
 
 def new_traceparent() -> str:
@@ -60,9 +122,14 @@ class Client:
         *,
         timeout: float = 10.0,
         priority: int | str = Priority.NORMAL,
+        retries: int = 0,
         traceparent: str | None = None,
     ) -> Any:
-        """Call `type_` on `module` through the orchestrator; return the reply's payload."""
+        """Call `type_` on `module` through the orchestrator; return the reply's payload.
+
+        `retries` asks the orchestrator to retry timeouts and module errors, for message types
+        the module declared idempotent.
+        """
         validate_token(module, "module name")
         envelope = {
             "type": type_,
@@ -70,6 +137,7 @@ class Client:
             "timestamp": time.time(),
             "priority": int(parse_priority(priority)),
             "timeout": timeout,
+            "retries": retries,
         }
         headers = {TRACEPARENT_HEADER: traceparent or new_traceparent(), TIMEOUT_HEADER: str(timeout)}
         # The orchestrator answers TIMEOUT itself at `timeout`; wait a little longer for that answer.
@@ -87,6 +155,19 @@ class Client:
         if reply.success:
             return reply.payload
         raise error_from_payload(reply.payload if isinstance(reply.payload, dict) else {})
+
+    async def subscribe(
+        self, type_: str, handler: Callable[[MessageEvent], Awaitable[None]], *, lease: float = 30.0
+    ) -> TypeSubscription:
+        """Receive every message of `type_` routed through the orchestrator, to any module.
+
+        The orchestrator republishes a type only while someone holds a lease on it; the
+        subscription renews its lease until `await subscription.stop()`.
+        """
+        validate_token(type_, "message type")
+        subscription = TypeSubscription(self, type_, handler, lease)
+        await subscription.start()
+        return subscription
 
     async def close(self) -> None:
         if self._owns_connection and not self.nc.is_closed:

@@ -39,6 +39,7 @@ class _Handler:
     payload_type: Any
     func: Callable[..., Awaitable[Any]]
     wants_context: bool
+    idempotent: bool
 
 
 class Module:
@@ -58,11 +59,13 @@ class Module:
         self.capabilities = list(capabilities or [])
         self.handlers: dict[str, _Handler] = {}
 
-    def handler(self, type_: str) -> Callable[[F], F]:
+    def handler(self, type_: str, *, idempotent: bool = False) -> Callable[[F], F]:
         """Register `async def f(payload: T[, ctx: RequestContext])` for message type `type_`.
 
         The payload is decoded into the annotation of the first parameter (a msgspec Struct,
-        dict, ...); leave it unannotated to receive the decoded JSON as is.
+        dict, ...); leave it unannotated to receive the decoded JSON as is. `idempotent=True`
+        declares that running a message twice is harmless, which lets callers ask the
+        orchestrator to retry it (`retries` in the Envelope).
         """
         validate_token(type_, "message type")
 
@@ -78,7 +81,9 @@ class Module:
                 )
             hints = typing.get_type_hints(func)
             payload_type = hints.get(params[0].name, Any)
-            self.handlers[type_] = _Handler(type_, payload_type, func, wants_context=len(params) == 2)
+            self.handlers[type_] = _Handler(
+                type_, payload_type, func, wants_context=len(params) == 2, idempotent=idempotent
+            )
             return func
 
         return register
@@ -110,6 +115,7 @@ class ModuleService(Service):
                     handler.type, handler.payload_type, _adapt(handler), self.settings.max_request_bytes
                 ),
                 response_type=handler.type,
+                metadata={"idempotent": "true" if handler.idempotent else "false"},
             )
 
 

@@ -1,0 +1,77 @@
+"""A bulkhead per module: at most `max_concurrent` calls in flight, the rest wait in a bounded
+queue served by priority (0 critical first), FIFO within a priority."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from corral.errors import CallTimeoutError, OverloadedError
+from corral.policy import BulkheadConfig
+
+__all__ = ["Bulkhead"]
+
+
+class Bulkhead:
+    def __init__(self, module: str, config: BulkheadConfig) -> None:
+        self.module = module
+        self.config = config
+        self.in_flight = 0
+        # A heap of (priority, arrival, future); futures of callers who gave up stay in the heap
+        # until popped, so `queued` counts only live ones.
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self.queued = 0
+
+    @asynccontextmanager
+    async def slot(self, priority: int, timeout: float) -> AsyncIterator[None]:
+        """Hold one of the module's call slots; waiting counts against `timeout`."""
+        if self.in_flight < self.config.max_concurrent and not self.queued:
+            self.in_flight += 1  # fast path: free slot, nobody ahead
+        else:
+            await self._wait(priority, timeout)
+        try:
+            yield
+        finally:
+            self._hand_over()
+
+    async def _wait(self, priority: int, timeout: float) -> None:
+        if self.queued >= self.config.max_queue:
+            raise OverloadedError(
+                f"module {self.module!r} has {self.in_flight} calls in flight and {self.queued} queued "
+                f"(max_concurrent {self.config.max_concurrent}, max_queue {self.config.max_queue}); back off"
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        self.queued += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # the slot arrived as the deadline passed: keep it
+            waiter.cancel()
+            self.queued -= 1
+            raise CallTimeoutError(
+                f"module {self.module!r}: no free call slot within {timeout:g}s "
+                f"({self.in_flight} in flight, max_concurrent {self.config.max_concurrent})"
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_over()  # we were given a slot but will not use it
+            else:
+                waiter.cancel()
+                self.queued -= 1
+            raise
+
+    def _hand_over(self) -> None:
+        """Give the freed slot to the most urgent live waiter, or return it."""
+        while self._waiters:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)  # in_flight stays the same: the slot changes hands
+                self.queued -= 1
+                return
+        self.in_flight -= 1
