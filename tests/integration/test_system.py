@@ -18,6 +18,8 @@ from tests.conftest import CorralUp
 
 pytestmark = pytest.mark.slow
 
+EXAMPLE_MODULES = ("interpreter", "compiler", "organism")  # the modules of corral.toml
+
 
 async def request(nc: Client, subject: str, body: dict[str, object] | bytes) -> dict[str, object]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -39,7 +41,7 @@ async def test_eval_through_the_orchestrator(corral_up: CorralUp, nc: Client) ->
 async def test_every_service_and_module_is_registered(corral_up: CorralUp, nc: Client) -> None:
     instances = await discover(nc, corral_up.prefix, wait=0.5)
     names = {info.name for info in instances}
-    assert names == {*SERVICES, "interpreter"}
+    assert names == {*SERVICES, *EXAMPLE_MODULES}
     for info in instances:
         assert info.metrics_url.startswith("http://127.0.0.1:"), info
 
@@ -69,7 +71,7 @@ def test_cli_status_lists_everything(corral_up: CorralUp, nats_url: str) -> None
         env=env, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    for name in (*SERVICES, "interpreter"):
+    for name in (*SERVICES, *EXAMPLE_MODULES):
         assert name in done.stdout
 
 
@@ -77,7 +79,7 @@ def test_sigterm_stops_everything_in_reverse_order(tmp_path: Path, nats_url: str
     system = CorralUp(tmp_path, nats_url, prefix)
     system.start()
     pids = system.pids()
-    assert set(pids) == {*SERVICES, "interpreter"}
+    assert set(pids) == {*SERVICES, *EXAMPLE_MODULES}
     assert system.terminate() == 0
     for name, pid in pids.items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name

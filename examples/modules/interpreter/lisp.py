@@ -15,8 +15,13 @@ Reader
 Special forms
     ``quote``, ``if`` (test then [else]), ``let`` (parallel bindings), ``define`` (``(define x 5)``
     and ``(define (f a b) body...)``), ``lambda`` (closures, recursion), ``begin``, ``and``,
-    ``or``, ``cond`` (with ``else``) and ``set!``.  ``define`` returns the defined symbol, ``set!``
-    the new value.  Special-form names cannot be rebound.
+    ``or``, ``cond`` (with ``else``), ``set!``, ``while`` and ``defined?``.  ``define`` returns the
+    defined symbol, ``set!`` the new value.  ``(while test body...)`` evaluates ``body`` as long as
+    ``test`` is truthy and returns ``nil``; it loops without recursion, so it never counts against
+    ``max_depth``, and every iteration costs steps (the test is evaluated each time), so
+    ``max_steps`` still stops an endless loop.  ``(defined? name)`` is ``#t`` when the symbol
+    ``name`` (not evaluated) is bound in the current scope or an enclosing one, else ``#f``.
+    Special-form names cannot be rebound.
 Truthiness
     only ``#f`` and ``nil``/``()`` are false; ``0`` and ``""`` are true.
 Builtins
@@ -978,6 +983,20 @@ class _Interpreter:
                 break
         return result
 
+    def form_while(self, node: ListNode, env: Env) -> _Eval:
+        self.check_form(node, 1)
+        while _truthy((yield node.items[1], env)):
+            for form in node.items[2:]:
+                yield form, env
+        return NIL
+
+    def form_defined(self, node: ListNode, env: Env) -> Value:
+        self.check_form(node, 1, 1)
+        name = _symbol_name(node.items[1])
+        if name is None:
+            raise self.error(f"'defined?' expects a symbol, got {self.snippet(node.items[1])}", node.items[1])
+        return env.find(name) is not None
+
     def form_cond(self, node: ListNode, env: Env) -> _Eval:
         for clause in node.items[1:]:
             if not isinstance(clause, ListNode) or not clause.items:
@@ -991,7 +1010,7 @@ class _Interpreter:
         return NIL
 
 
-# Forms that evaluate sub-expressions are generators; quote and lambda never do.
+# Forms that evaluate sub-expressions are generators; quote, lambda and defined? never do.
 _SPECIAL_FORMS: dict[str, Callable[[_Interpreter, ListNode, Env], _Eval]] = {
     "if": _Interpreter.form_if,
     "let": _Interpreter.form_let,
@@ -1001,10 +1020,12 @@ _SPECIAL_FORMS: dict[str, Callable[[_Interpreter, ListNode, Env], _Eval]] = {
     "and": _Interpreter.form_and,
     "or": _Interpreter.form_or,
     "cond": _Interpreter.form_cond,
+    "while": _Interpreter.form_while,
 }
 _SIMPLE_FORMS: dict[str, Callable[[_Interpreter, ListNode, Env], Value]] = {
     "quote": _Interpreter.form_quote,
     "lambda": _Interpreter.form_lambda,
+    "defined?": _Interpreter.form_defined,
 }
 
 
