@@ -116,3 +116,33 @@ def test_a_dependency_cycle_is_refused_before_anything_starts(
         system.start(timeout=30)
     assert "dependency cycle: a -> b -> a" in system.output()
     assert "up service" not in system.output()
+
+
+def test_cli_breakers_and_status_show_call_statistics(corral_up: CorralUp, nats_url: str) -> None:
+    env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "corral.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert (
+        corral("breakers").stdout.strip()
+        == "no breakers yet: no module has been called through the orchestrator"
+    )
+    assert corral("send", "interpreter", "eval", '{"code": "(+ 1 1)"}').stdout.strip() == "2"
+    breakers = corral("breakers")
+    assert breakers.returncode == 0
+    assert "interpreter" in breakers.stdout
+    assert "closed" in breakers.stdout
+    status = corral("status")
+    assert "calls through the orchestrator (1 routed)" in status.stdout
+    reset = corral("breaker", "reset", "interpreter")
+    assert reset.stdout.strip() == "breaker of interpreter is closed"
+    unknown = corral("breaker", "reset", "ghost")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND: no breaker for module 'ghost'; breakers: interpreter" in unknown.stderr

@@ -104,7 +104,7 @@ class BreakerBoard:
             old.value,
             snapshot.state.value,
             snapshot.reason,
-            extra={"module": snapshot.module},
+            extra={"target_module": snapshot.module},
         )
         task = asyncio.get_running_loop().create_task(self._publish(snapshot, old))
         self._pending.add(task)

@@ -8,19 +8,17 @@ import sys
 from typing import Any
 
 import msgspec
-from rich.console import Console
 from rich.table import Table
 
 from corral.bus import BusSettings, connect
+from corral.cli.calls import ask, call_stats_table
+from corral.cli.output import err, out
 from corral.discovery import discover
 from corral.errors import CorralError
 from corral.sdk.client import Client
 from corral.subjects import SERVICES, Subjects
 
 __all__ = ["run_service", "send", "status"]
-
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
 
 
 async def send(
@@ -58,6 +56,11 @@ async def status(bus: BusSettings, prefix: str) -> int:
                 figures = {v["instance"]: v for v in reply["payload"]}
         except Exception:  # the health service may be down; status still lists what answers
             err.print("[yellow]the health service did not answer; figures are missing[/]")
+        try:
+            call_stats = await ask(nc, Subjects(prefix).service("orchestrator", "stats"), timeout=2)
+        except Exception:
+            call_stats = None
+            err.print("[yellow]the orchestrator did not answer; call statistics are missing[/]")
     finally:
         await nc.close()
     if not instances:
@@ -80,6 +83,8 @@ async def status(bus: BusSettings, prefix: str) -> int:
             info.metrics_url,
         )
     out.print(table)
+    if call_stats and call_stats["modules"]:
+        out.print(call_stats_table(call_stats))
     missing = [s for s in SERVICES if s not in {i.name for i in instances}]
     if missing:
         err.print(f"[yellow]not running:[/] {', '.join(missing)}")

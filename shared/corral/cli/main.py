@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.bus import BusSettings
-from corral.cli import commands
+from corral.cli import calls, commands
 from corral.cli.up import run_up
 from corral.config import load_config
 from corral.errors import ConfigError
@@ -46,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     send.add_argument("--priority", default="normal", help="0-4 or critical|high|normal|low|background")
 
-    sub.add_parser("status", help="what is running, with heartbeat figures")
+    sub.add_parser("status", help="what is running, with heartbeat figures and call statistics")
+    sub.add_parser("breakers", help="every module's circuit breaker")
+    breaker = sub.add_parser("breaker", help="act on one module's circuit breaker")
+    breaker_verbs = breaker.add_subparsers(dest="verb", required=True)
+    reset = breaker_verbs.add_parser("reset", help="close the breaker (every orchestrator replica follows)")
+    reset.add_argument("module")
     return parser
 
 
@@ -81,6 +86,10 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(
                 commands.send(bus, prefix, args.module, args.type, args.payload, args.timeout, args.priority)
             )
+        elif args.command == "breakers":
+            code = _run(calls.breakers(bus, prefix))
+        elif args.command == "breaker":
+            code = _run(calls.breaker_reset(bus, prefix, args.module))
         else:
             code = _run(commands.status(bus, prefix))
     except ConfigError as exc:

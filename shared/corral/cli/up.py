@@ -17,10 +17,10 @@ import uuid
 from pathlib import Path
 
 from nats.aio.client import Client
-from rich.console import Console
 from rich.table import Table
 
 from corral.bus import BusSettings, connect
+from corral.cli.output import err, out
 from corral.cli.processes import ChildProcess
 from corral.config import SystemConfig, start_layers
 from corral.discovery import InstanceInfo, discover
@@ -29,9 +29,7 @@ from corral.subjects import SERVICES
 
 __all__ = ["StartupError", "System"]
 
-console = Console(stderr=True, highlight=False)
-# Tables go to stdout; when that is not a terminal (a log, CI) do not squeeze them into 80 columns.
-table_console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = err  # progress and diagnostics; the table of what is up goes to stdout
 
 
 class StartupError(Exception):
@@ -242,7 +240,7 @@ async def run_up(config: SystemConfig, nats_url: str | None) -> int:
         console.print(f"[red]startup failed:[/] {exc}")
         code = 1
     else:
-        table_console.print(system.table())
+        out.print(system.table())
         console.print("Ctrl-C stops everything")
         await system.watch(stop)
     stopper.cancel()
