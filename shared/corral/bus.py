@@ -34,9 +34,11 @@ from corral.errors import ConfigError
 
 __all__ = [
     "BusSettings",
+    "ConsumerSpec",
     "KVSpec",
     "StreamSpec",
     "connect",
+    "ensure_consumer",
     "ensure_kv",
     "ensure_stream",
     "publish_durable",
@@ -211,6 +213,35 @@ class KVSpec(msgspec.Struct, kw_only=True, frozen=True):
     ttl: float | None = None
     max_value_size: int | None = None
     replicas: int = 1
+
+
+class ConsumerSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """A durable pull consumer; creating it again with changed limits updates it in place."""
+
+    stream: str
+    durable: str
+    filter_subjects: list[str] = []
+    ack_wait: float = 30.0  # seconds before an unacknowledged message is redelivered
+    max_deliver: int = -1
+    max_ack_pending: int = 1000
+
+    def to_config(self) -> api.ConsumerConfig:
+        filters = list(self.filter_subjects)
+        return api.ConsumerConfig(
+            durable_name=self.durable,
+            name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
+        )
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> api.ConsumerInfo:
+    """Create the durable consumer or update it to `spec` (the server's create is create-or-update)."""
+    return await js.add_consumer(spec.stream, spec.to_config())
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> api.StreamInfo:

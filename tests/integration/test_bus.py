@@ -11,7 +11,17 @@ import time
 
 import pytest
 
-from corral.bus import BusSettings, KVSpec, StreamSpec, connect, ensure_kv, ensure_stream, publish_durable
+from corral.bus import (
+    BusSettings,
+    ConsumerSpec,
+    KVSpec,
+    StreamSpec,
+    connect,
+    ensure_consumer,
+    ensure_kv,
+    ensure_stream,
+    publish_durable,
+)
 from corral.natsd import NatsServer
 
 
@@ -62,6 +72,15 @@ async def test_declarations_are_idempotent_and_update_in_place(nats_url: str, pr
         info = await js.stream_info(f"KV_{prefix}_kv")
         assert info.config.max_msgs_per_subject == 5
         assert (await kv.get("k")).value == b"1"  # updating kept the data
+
+        consumer = ConsumerSpec(stream=f"{prefix}_S", durable="workers", filter_subjects=[f"{prefix}.s.a"])
+        assert (await ensure_consumer(js, consumer)).config.ack_wait == 30.0
+        assert (await ensure_consumer(js, consumer)).config.ack_wait == 30.0
+        longer = ConsumerSpec(
+            stream=f"{prefix}_S", durable="workers", filter_subjects=[f"{prefix}.s.a"], ack_wait=60
+        )
+        assert (await ensure_consumer(js, longer)).config.ack_wait == 60.0
+        assert len(await js.consumers_info(f"{prefix}_S")) == 1
     finally:
         await nc.close()
 
