@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -50,6 +51,20 @@ class ServiceMetrics:
         # Standard process_* figures (cpu seconds, resident memory, open fds) for this process.
         prometheus_client.ProcessCollector(registry=self.registry)
         self.prefix = prefix
+        self._request_counters: dict[tuple[str, str], Any] = {}
+        self._latency_histograms: dict[str, Any] = {}
+
+    def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """Count one request; label children are cached, as `labels()` costs a lookup per call."""
+        key = (endpoint, outcome)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(endpoint, outcome)
+        histogram = self._latency_histograms.get(endpoint)
+        if histogram is None:
+            histogram = self._latency_histograms[endpoint] = self.latency.labels(endpoint)
+        counter.inc()
+        histogram.observe(seconds)
 
     def add_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a value computed at scrape time (queue depths, breaker states, ...)."""

@@ -231,8 +231,7 @@ class Service:
         started = time.perf_counter()
         reply = await endpoint.serve(msg)
         self._handled += 1
-        self.metrics.requests.labels(endpoint.name, reply.code).inc()
-        self.metrics.latency.labels(endpoint.name).observe(time.perf_counter() - started)
+        self.metrics.observe_request(endpoint.name, reply.code, time.perf_counter() - started)
         await self._respond(msg, reply)
 
     async def _respond(self, msg: Msg, reply: Reply) -> None:
