@@ -4,7 +4,7 @@
 
 1. the compiler turns a small ALGOL program (a ball falling for ten Euler steps) into Lisp;
 2. the interpreter runs that Lisp with a context (the starting height and the time step);
-3. if a `physics` module answers, its `step` function advances the ball's height once more.
+3. if a `physics` module answers, its `fall` function (WebAssembly) advances the ball one more step.
 Without physics the demo says so and stops after step 2 (exit 0). It finds NATS like the CLI:
 NATS_URL, else the URL `corral up` wrote to .corral/nats.url, else nats://127.0.0.1:4222;
 CORRAL_PREFIX, else "corral".
@@ -57,15 +57,15 @@ async def demo(client: Client) -> None:
     result = await client.send("interpreter", "eval", {"code": compiled["lisp"], "context": CONTEXT})
     variables = dict(result)
     stage(3, f"evaluated with context {json.dumps(CONTEXT)}", variables)
-    height = variables["x"]
+    height, velocity = variables["x"], variables["v"]
     try:
         stepped = await client.send(
-            "physics", "compute", {"function": "step", "args": [height, CONTEXT["dt"]]}
+            "physics", "compute", {"function": "fall", "args": [height, velocity, CONTEXT["dt"]]}
         )
     except (NotFoundError, UnavailableError) as exc:
         print(f"\nphysics is not available ({exc}); stopping after the interpreter.")
         return
-    stage(4, f"physics step({height}, {CONTEXT['dt']})", stepped)
+    stage(4, f"physics fall(x={height}, v={velocity}, dt={CONTEXT['dt']}) -> [x, v]", stepped)
 
 
 async def main() -> int:

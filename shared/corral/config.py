@@ -55,11 +55,15 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """`[modules.<name>]`: a module `corral up` starts (`process`) or only expects (`external`)."""
+    """`[modules.<name>]`: a module `corral up` starts (`process`, `wasm`) or only expects (`external`)."""
 
-    kind: Literal["process", "external"] = "process"
+    kind: Literal["process", "external", "wasm"] = "process"
     # argv; "{python}" is this Python, relative paths are relative to corral.toml's folder.
     command: list[str] = []
+    # wasm: the .wasm or .wat file (relative to corral.toml's folder), run by the wasm adapter,
+    # and its [modules.<name>.sandbox], which the adapter checks (corral.adapters.wasm.sandbox).
+    file: str = ""
+    sandbox: dict[str, Any] = {}
     env: dict[str, str] = {}
     cwd: str | None = None
     depends_on: list[str] = []
@@ -95,8 +99,20 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         candidate = Path(path)
         return candidate if candidate.is_absolute() else Path(self.root) / candidate
 
+    def _wasm_adapter_argv(self, name: str) -> list[str]:
+        """One wasm adapter process per module. It reads the module's file and sandbox from
+        corral.toml and exits with code 2 naming a bad file or sandbox field."""
+        adapter = [sys.executable, "-m", "corral.adapters.wasm"]
+        if self.source:
+            return [*adapter, "--config", self.source, "--only", name]
+        module = self.modules[name]  # built in code, not loaded from a file
+        sandbox = msgspec.json.encode(module.sandbox).decode()
+        return [*adapter, "--module", f"{name}={self.resolve(module.file)}", "--sandbox", f"{name}={sandbox}"]
+
     def module_argv(self, name: str) -> list[str]:
         module = self.modules[name]
+        if module.kind == "wasm":
+            return self._wasm_adapter_argv(name)
         argv = []
         for arg in module.command:
             arg = arg.replace("{python}", sys.executable)
@@ -173,6 +189,12 @@ def validate(config: SystemConfig) -> None:
         if module.kind == "process" and not module.command:
             raise ValueError(
                 f"module {name!r} is a process but has no command - at `$.modules.{name}.command`"
+            )
+        if module.kind == "wasm" and not module.file:
+            raise ValueError(f"module {name!r} is a wasm module but has no file - at `$.modules.{name}.file`")
+        if module.kind != "wasm" and (module.file or module.sandbox):
+            raise ValueError(
+                f'module {name!r}: file and sandbox are for kind = "wasm" - at `$.modules.{name}.kind`'
             )
     start_layers(config.modules)
 

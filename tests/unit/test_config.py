@@ -51,7 +51,8 @@ def test_the_repo_corral_toml_loads() -> None:
     assert config.nats == NatsConfig(url="", port=4222, store_dir=".corral/nats", sync_interval="default")
     assert config.service("orchestrator").metrics_port == 0
     assert config.service("state").enabled is True  # not in the file: defaults
-    assert list(config.modules) == ["interpreter"]
+    assert list(config.modules) == ["interpreter", "compiler", "organism", "physics"]
+    assert config.modules["physics"].kind == "wasm"
     interpreter = config.modules["interpreter"]
     assert interpreter.kind == "process"
     assert interpreter.command == ["{python}", "examples/modules/interpreter"]
@@ -59,7 +60,7 @@ def test_the_repo_corral_toml_loads() -> None:
     assert interpreter.required is True
     assert interpreter.startup_timeout == 30.0
     assert config.module_argv("interpreter") == [sys.executable, str(REPO / "examples/modules/interpreter")]
-    assert start_layers(config.modules) == [["interpreter"]]
+    assert start_layers(config.modules) == [["compiler", "interpreter", "organism", "physics"]]
 
 
 def test_an_empty_file_is_all_defaults(tmp_path: Path) -> None:
@@ -255,3 +256,19 @@ def test_resolve_and_service_defaults(tmp_path: Path) -> None:
     assert config.resolve("logs") == tmp_path / "logs"
     assert config.resolve("/var/log") == Path("/var/log")
     assert config.service("health").metrics_port == 0
+
+
+def test_a_wasm_module_names_its_file_and_runs_on_the_wasm_adapter(tmp_path: Path) -> None:
+    wasm = '[modules.physics]\nkind = "wasm"\nfile = "physics.wat"\n'
+    path = write(tmp_path, wasm + "[modules.physics.sandbox]\ntimeout_ms = 100\n")
+    config = load_config(path)
+    assert config.modules["physics"].sandbox == {"timeout_ms": 100}
+    assert config.module_argv("physics") == [
+        sys.executable, "-m", "corral.adapters.wasm", "--config", str(path.resolve()), "--only", "physics",
+    ]  # fmt: skip
+    assert refused(tmp_path, '[modules.physics]\nkind = "wasm"\n') == (
+        "module 'physics' is a wasm module but has no file - at `$.modules.physics.file`"
+    )
+    assert refused(tmp_path, '[modules.x]\ncommand = ["x"]\nfile = "x.wat"\n') == (
+        "module 'x': file and sandbox are for kind = \"wasm\" - at `$.modules.x.kind`"
+    )

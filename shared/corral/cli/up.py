@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from nats.aio.client import Client
+from rich.markup import escape
 from rich.table import Table
 
 from corral.bus import BusSettings, connect
@@ -66,7 +67,7 @@ class System:
                 blocked = [dep for dep in module.depends_on if dep in self.skipped]
                 if blocked:
                     self.skipped[name] = f"depends on {', '.join(blocked)}, which did not start"
-                elif module.kind == "process":
+                elif module.kind in ("process", "wasm"):
                     children.append(self._module_process(name))
             for child in children:
                 module = self.config.modules[child.name]
@@ -76,7 +77,8 @@ class System:
                     if module.required:
                         raise
                     self.skipped[child.name] = str(exc)
-                    console.print(f"[yellow]optional module {child.name} did not start:[/] {exc}")
+                    reason = escape(str(exc))
+                    console.print(f"[yellow]optional module {child.name} did not start:[/] {reason}")
 
     async def _start_nats(self) -> None:
         if self.nats_url:
@@ -237,7 +239,8 @@ async def run_up(config: SystemConfig, nats_url: str | None) -> int:
         await asyncio.gather(startup, return_exceptions=True)
         code = 130
     elif (exc := startup.exception()) is not None:
-        console.print(f"[red]startup failed:[/] {exc}")
+        # escape: error text quotes corral.toml tables such as [modules.x], which are not markup
+        console.print(f"[red]startup failed:[/] {escape(str(exc))}")
         code = 1
     else:
         out.print(system.table())
