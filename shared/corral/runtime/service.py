@@ -159,6 +159,9 @@ class Service:
         self.metrics.add_gauge_callback("uptime_seconds", "Seconds since this instance started", self._uptime)
         self.metrics.in_flight.set_function(lambda: len(self._tasks))
         await self._register()
+        # The endpoint subscriptions are only sent; a round trip makes sure the server has them
+        # before start() returns, so a caller told "started" does not get "no responders".
+        await self.nc.flush()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
         log.info(
             "%s %s started",
