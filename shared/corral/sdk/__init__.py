@@ -3,6 +3,7 @@
 from corral.errors import (
     CallTimeoutError,
     CircuitOpenError,
+    ConflictError,
     CorralError,
     ModuleError,
     NotFoundError,
@@ -13,17 +14,22 @@ from corral.errors import (
 from corral.runtime import RequestContext
 from corral.sdk.client import Client
 from corral.sdk.module import Module
+from corral.sdk.state import StateClient, StateManager, Watch
 
 __all__ = [
     "CallTimeoutError",
     "CircuitOpenError",
     "Client",
+    "ConflictError",
     "CorralError",
     "Module",
     "ModuleError",
     "NotFoundError",
     "OverloadedError",
     "RequestContext",
+    "StateClient",
+    "StateManager",
     "UnavailableError",
     "ValidationError",
+    "Watch",
 ]

@@ -14,6 +14,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import cached_property
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +27,7 @@ from nats.aio.subscription import Subscription
 from corral.bus import BusSettings, connect
 from corral.errors import CallTimeoutError, UnavailableError, error_from_payload
 from corral.protocol import TIMEOUT_HEADER, TRACEPARENT_HEADER, Priority, parse_priority
+from corral.sdk.state import StateClient
 from corral.subjects import DEFAULT_PREFIX, Subjects, validate_token
 
 __all__ = ["Client", "MessageEvent", "TypeSubscription", "new_traceparent"]
@@ -168,6 +170,12 @@ class Client:
         subscription = TypeSubscription(self, type_, handler, lease)
         await subscription.start()
         return subscription
+
+    @cached_property
+    def state(self) -> StateClient:
+        """Shared, versioned state: the `<prefix>.state.*` verbs, the direct KV path (`.direct`)
+        and watches (`.subscribe`); see corral.sdk.state."""
+        return StateClient(self.nc, prefix=self.subjects.prefix)
 
     async def close(self) -> None:
         if self._owns_connection and not self.nc.is_closed:
