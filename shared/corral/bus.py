@@ -31,6 +31,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
 from corral.errors import ConfigError
+from corral.subjects import Subjects
 
 __all__ = [
     "BusSettings",
@@ -41,6 +42,7 @@ __all__ = [
     "ensure_consumer",
     "ensure_kv",
     "ensure_stream",
+    "events_stream_spec",
     "publish_durable",
 ]
 
@@ -237,6 +239,16 @@ class ConsumerSpec(msgspec.Struct, kw_only=True, frozen=True):
             filter_subject=filters[0] if len(filters) == 1 else None,
             filter_subjects=filters if len(filters) > 1 else None,
         )
+
+
+EVENTS_MAX_AGE = 7 * 24 * 3600.0  # seconds of event history kept in CORRAL_EVENTS
+
+
+def events_stream_spec(subjects: Subjects) -> StreamSpec:
+    """The one declaration of the CORRAL_EVENTS stream, whichever service creates it first."""
+    return StreamSpec(
+        name=subjects.events_stream, subjects=subjects.events_stream_subjects, max_age=EVENTS_MAX_AGE
+    )
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> api.ConsumerInfo:

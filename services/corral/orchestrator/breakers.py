@@ -17,7 +17,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from corral.bus import KVSpec, StreamSpec, ensure_kv, ensure_stream
+from corral.bus import KVSpec, ensure_kv, ensure_stream, events_stream_spec
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from corral.policy import BreakerConfig
 from corral.subjects import Subjects
@@ -25,8 +25,6 @@ from corral.subjects import Subjects
 __all__ = ["BreakerBoard", "BreakerEvent"]
 
 log = logging.getLogger("corral.orchestrator.breakers")
-
-EVENTS_MAX_AGE = 7 * 24 * 3600.0
 
 
 class BreakerEvent(msgspec.Struct):
@@ -58,14 +56,7 @@ class BreakerBoard:
         self._decode = msgspec.json.Decoder(BreakerSnapshot).decode
 
     async def start(self) -> None:
-        await ensure_stream(
-            self.js,
-            StreamSpec(
-                name=self.subjects.events_stream,
-                subjects=self.subjects.events_stream_subjects,
-                max_age=EVENTS_MAX_AGE,
-            ),
-        )
+        await ensure_stream(self.js, events_stream_spec(self.subjects))
         kv = await ensure_kv(self.js, KVSpec(bucket=self.subjects.breakers_bucket, history=5))
         self._kv = kv
         watcher = await kv.watchall()

@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from corral.bus import StreamSpec, ensure_stream, publish_durable
+from corral.bus import ensure_stream, events_stream_spec, publish_durable
 from corral.state.changes import Change
 from corral.state.watch import ChangeStream, kv_stream
 from corral.subjects import Subjects
@@ -36,7 +36,6 @@ __all__ = ["REVISION_HEADER", "EventForwarder"]
 log = logging.getLogger("corral.state.events")
 
 REVISION_HEADER: Final = "Corral-State-Revision"
-EVENTS_MAX_AGE: Final = 7 * 24 * 3600.0  # seconds; the same as corral.orchestrator.breakers
 PUBLISH_DEADLINE: Final = 5.0  # seconds of retrying one event before it is logged and skipped
 _encode = msgspec.json.Encoder().encode
 
@@ -74,12 +73,7 @@ class EventForwarder:
             await self._changes.stop()
 
     async def _ensure_stream(self) -> None:
-        spec = StreamSpec(
-            name=self.subjects.events_stream,
-            subjects=self.subjects.events_stream_subjects,
-            max_age=EVENTS_MAX_AGE,
-        )
-        await ensure_stream(self.js, spec)
+        await ensure_stream(self.js, events_stream_spec(self.subjects))
 
     async def _last_forwarded(self) -> int | None:
         """The revision of the last event published, if the stream and the bucket agree on one."""
