@@ -44,27 +44,43 @@ class Bulkhead:
                 f"module {self.module!r} has {self.in_flight} calls in flight and {self.queued} queued "
                 f"(max_concurrent {self.config.max_concurrent}, max_queue {self.config.max_queue}); back off"
             )
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        waiter: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), waiter))
         self.queued += 1
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            if not waiter.done():  # still queued at the deadline: leave the queue now
+                timed_out = True
+                waiter.cancel()
+                self.queued -= 1
+
+        # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands just as the slot is
+        # handed over, and the cancelled caller would go on to make its call.
+        deadline = loop.call_later(timeout, expire)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
-                return  # the slot arrived as the deadline passed: keep it
-            waiter.cancel()
-            self.queued -= 1
-            raise CallTimeoutError(
-                f"module {self.module!r}: no free call slot within {timeout:g}s "
-                f"({self.in_flight} in flight, max_concurrent {self.config.max_concurrent})"
-            ) from None
+            await asyncio.shield(waiter)  # our cancellation must not cancel the waiter behind our back
         except asyncio.CancelledError:
+            if timed_out:
+                if task.cancelling() > cancelling:
+                    raise  # cancelled as well: cancellation wins
+                raise CallTimeoutError(
+                    f"module {self.module!r}: no free call slot within {timeout:g}s "
+                    f"({self.in_flight} in flight, max_concurrent {self.config.max_concurrent})"
+                ) from None
             if waiter.done() and not waiter.cancelled():
                 self._hand_over()  # we were given a slot but will not use it
             else:
                 waiter.cancel()
                 self.queued -= 1
             raise
+        finally:
+            deadline.cancel()
 
     def _hand_over(self) -> None:
         """Give the freed slot to the most urgent live waiter, or return it."""
