@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.role == "raw":
         run_main(lambda: serve_raw(url, prefix))
     elif args.role == "sdk":
-        echo_module().run(settings_for(url, prefix))
+        echo_module().run(settings_for(url, prefix), argv=["--no-wait"])  # no orchestrator needed
     else:
         run_forever(OrchestratorService(settings_for(url, prefix)))
 

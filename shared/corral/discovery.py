@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 
-from corral.subjects import SRV_INFO
+from corral.protocol import ModuleStatus
+from corral.subjects import SRV_INFO, Subjects
 
-__all__ = ["EndpointInfo", "InstanceInfo", "discover"]
+__all__ = ["EndpointInfo", "InstanceInfo", "discover", "module_statuses"]
 
 
 class EndpointInfo(msgspec.Struct):
@@ -38,6 +40,15 @@ class InstanceInfo(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(InstanceInfo)
+
+
+class _StatusReply(msgspec.Struct):
+    success: bool
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_status_decoder = msgspec.json.Decoder(_StatusReply)
+_status_payload = msgspec.json.Decoder(ModuleStatus)
 
 
 async def discover(
@@ -77,3 +88,36 @@ def module_types(instances: list[InstanceInfo], prefix: str) -> dict[str, set[st
             if endpoint.subject.startswith(marker):
                 types.add(endpoint.subject.rsplit(".", 1)[1])
     return modules
+
+
+async def module_statuses(
+    nc: Client, prefix: str, module: str, *, wait: float = 0.3, until_ready: bool = False
+) -> list[ModuleStatus]:
+    """The `<prefix>.modctl.<module>.status` of every SDK instance of `module` answering within
+    `wait` seconds (every instance answers: each has a queue group of its own). With
+    `until_ready`, return as soon as one instance says it is ready."""
+    found: list[ModuleStatus] = []
+    done = asyncio.Event()
+    inbox = nc.new_inbox()
+
+    async def collect(msg: Any) -> None:
+        try:
+            reply = _status_decoder.decode(msg.data)
+            if not reply.success:
+                return
+            status = _status_payload.decode(reply.payload)
+        except msgspec.DecodeError:
+            return  # not an SDK module's status (another kind of module, or a newer shape)
+        found.append(status)
+        if until_ready and status.ready:
+            done.set()
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(Subjects(prefix).modctl(module, "status"), b"", reply=inbox)
+        await nc.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), wait)
+    finally:
+        await sub.unsubscribe()
+    return sorted(found, key=lambda s: s.instance)

@@ -25,6 +25,8 @@ __all__ = [
     "ErrorCode",
     "ErrorPayload",
     "Heartbeat",
+    "ModuleRegistration",
+    "ModuleStatus",
     "Priority",
     "Response",
     "codec_for",
@@ -156,6 +158,34 @@ class Heartbeat(msgspec.Struct, omit_defaults=True):
     handled: int
     ready: bool
     metrics_url: str = ""
+
+
+_Token = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+class ModuleRegistration(msgspec.Struct, forbid_unknown_fields=True):
+    """`<prefix>.orchestrator.register`: an SDK module instance waiting to be told it may serve."""
+
+    module: _Token
+    instance: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    version: str = ""
+    depends_on: list[_Token] = []
+    types: list[str] = []
+
+
+class ModuleStatus(msgspec.Struct):
+    """The reply of `<prefix>.modctl.<module>.status`, one per instance."""
+
+    module: str
+    instance: str
+    pid: int
+    started: float
+    ready: bool
+    degraded: bool
+    throttle: int | None
+    config_version: int
+    in_flight: int
+    degraded_reason: str = ""
 
 
 def success_response(type_: str, payload: Any) -> Response:

@@ -31,6 +31,7 @@ from corral.protocol import Heartbeat
 from corral.runtime import RequestContext, Service, ServiceSettings
 from corral.runtime.logs import current_trace_id
 from corral.sdk import Module, ValidationError
+from corral.sdk.control import CONTROL_VERBS
 from corral.sdk.module import ModuleService
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -132,10 +133,13 @@ async def test_srv_info_describes_the_instance(
         "metrics_url": module.metrics_url,
     }
     assert module.metrics_url.startswith("http://127.0.0.1:")
+    # Handlers share the module's queue group; control verbs reach every instance (a group each).
+    own_group = f"{prefix}.{name}-{module.instance}"
     assert {(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]} == {
         ("check", f"{prefix}.mod.{name}.check", f"{prefix}.{name}"),
         ("nap", f"{prefix}.mod.{name}.nap", f"{prefix}.{name}"),
         ("trace", f"{prefix}.mod.{name}.trace", f"{prefix}.{name}"),
+        *((f"modctl-{verb}", f"{prefix}.modctl.{name}.{verb}", own_group) for verb in CONTROL_VERBS),
     }
 
 
@@ -285,10 +289,8 @@ async def test_healthz_and_readyz(module: ModuleService) -> None:
 
         module.ready = False
         status, text = await fetch(session, f"{module.metrics_url}/readyz")
-        assert (status, json.loads(text)) == (
-            503,
-            {"ready": False, "reason": "waiting to be told it may serve"},
-        )
+        assert (status, json.loads(text)) == (503, {"ready": False, "reason": module.waiting_message()})
+        assert "is waiting for the orchestrator to tell it to serve" in module.waiting_message()
         # Not ready is not dead.
         assert (await fetch(session, f"{module.metrics_url}/healthz"))[0] == 200
 

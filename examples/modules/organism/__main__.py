@@ -8,8 +8,11 @@
 repeatable. The reply names the mutated rule, the resulting rule (the changed one or the new
 copy; null after a delete) and the change in words. An unknown rule is NOT_FOUND.
 
-Rules live in a RuleStore (rule_store.py); this process uses the in-memory one, seeded at start.
-Run it standalone with `python examples/modules/organism`.
+Rules live in a RuleStore (rule_store.py). At start this process keeps them in the state service
+(`organism.rules.<id>`, seeded when there are none) if the state service answers, else in memory
+(seeded, lost on restart); the log says which. The `reset` control verb puts the seed rules back:
+`nats req corral.modctl.organism.reset ''`. Run it standalone with
+`python examples/modules/organism --no-wait` (no orchestrator needed).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import random
 from typing import Annotated, cast
 
 import msgspec
-from rule_store import InMemoryRuleStore, RuleStore
+from rule_store import InMemoryRuleStore, RuleStore, StateRuleStore, open_rule_store
 from rules import MUTATION_TYPES, MutationType, Rule, mutate, seed_rules
 
-from corral.sdk import Module, NotFoundError
+from corral.sdk import Module, ModuleService, NotFoundError
 
-__all__ = ["build_module", "module"]
+__all__ = ["InMemoryRuleStore", "StateRuleStore", "build_module", "module"]
 
 RuleId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
@@ -73,11 +76,37 @@ class MutateReply(msgspec.Struct, rename="camel"):
     change: str
 
 
-def build_module(store: RuleStore) -> Module:
-    """The organism module serving the rules of `store` (tests build one per test)."""
+class _Rules:
+    """The store the handlers use; chosen at start unless given."""
+
+    def __init__(self, store: RuleStore | None) -> None:
+        self.chosen = store
+
+    @property
+    def store(self) -> RuleStore:
+        if self.chosen is None:
+            raise RuntimeError("the organism's rule store is chosen at start: start the module first")
+        return self.chosen
+
+
+def build_module(store: RuleStore | None = None) -> Module:
+    """The organism module serving the rules of `store`; without one it picks the state service
+    or memory at start (tests pass a store of their own)."""
     module = Module("organism", version="1.0.0", description="behaviour rules that mutate")
+    rules_ = _Rules(store)
+
+    if store is None:
+
+        @module.on_start
+        async def choose_store(service: ModuleService) -> None:
+            rules_.chosen = await open_rule_store(service.nc, service.subjects.prefix, seed_rules())
+
+    @module.on_reset
+    async def reset() -> None:
+        await rules_.store.replace_all(seed_rules())
 
     async def find(rule_id: str) -> Rule:
+        store = rules_.store
         rule = await store.get(rule_id)
         if rule is None:
             known = [known.id for known in await store.all()]
@@ -88,7 +117,7 @@ def build_module(store: RuleStore) -> Module:
     @module.handler("rules")
     async def rules(_: ListRequest) -> list[RuleView]:
         """Every rule, oldest first."""
-        return [RuleView.of(rule) for rule in await store.all()]
+        return [RuleView.of(rule) for rule in await rules_.store.all()]
 
     @module.handler("get")
     async def get(req: GetRequest) -> RuleView:
@@ -96,6 +125,7 @@ def build_module(store: RuleStore) -> Module:
 
     @module.handler("mutate")
     async def mutate_(req: MutateRequest) -> MutateReply:
+        store = rules_.store
         rule = await find(req.rule_id)
         rng = random.Random(req.seed)  # seed None: fresh entropy
         existing = {known.id for known in await store.all()}
@@ -111,7 +141,7 @@ def build_module(store: RuleStore) -> Module:
     return module
 
 
-module = build_module(InMemoryRuleStore(seed_rules()))
+module = build_module()
 
 
 if __name__ == "__main__":

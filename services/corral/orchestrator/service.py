@@ -22,9 +22,11 @@ from corral.errors import NotFoundError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.router import CallRouter
 from corral.orchestrator.subscriptions import Subscriptions
 from corral.policy import CallPolicy
+from corral.protocol import ModuleRegistration
 from corral.runtime import RequestContext, Service, ServiceSettings
 
 __all__ = ["OrchestratorService"]
@@ -72,6 +74,7 @@ class OrchestratorService(Service):
         self.router: CallRouter | None = None
         self.board: BreakerBoard | None = None
         self.subscriptions = Subscriptions()
+        self.gate: ReadinessGate | None = None
 
     async def setup(self) -> None:
         self.board = BreakerBoard(
@@ -101,9 +104,14 @@ class OrchestratorService(Service):
         self.endpoint("breakers")(self._breakers)
         self.endpoint("breaker.reset", BreakerReset)(self._breaker_reset)
         self.endpoint("subscribe", Subscribe)(self._subscribe)
+        self.gate = ReadinessGate(self.nc, self.subjects)
+        self.gate.start()
+        self.endpoint("register", ModuleRegistration)(self._register_module)
         self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
 
     async def teardown(self) -> None:
+        if self.gate is not None:
+            await self.gate.stop()
         await self.subscriptions.stop()
         if self.board is not None:
             await self.board.stop()
@@ -115,6 +123,7 @@ class OrchestratorService(Service):
             "version": self.version,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             **(await self._stats(None, ctx)),
+            "waiting_for_dependencies": self.gate.snapshot() if self.gate else {},
         }
 
     async def _stats(self, _: None, ctx: RequestContext) -> dict[str, Any]:
@@ -159,6 +168,10 @@ class OrchestratorService(Service):
         breaker = self.board.get(req.module)
         breaker.reset()
         return breaker.snapshot()
+
+    async def _register_module(self, req: ModuleRegistration, ctx: RequestContext) -> RegisterReply:
+        assert self.gate is not None
+        return await self.gate.register(req)
 
     async def _subscribe(self, req: Subscribe, ctx: RequestContext) -> dict[str, Any]:
         expires = self.subscriptions.add(req.type, req.ttl)

@@ -1,7 +1,8 @@
 """`corral up`: the whole system on one machine.
 
 Starts the embedded nats-server (unless given a URL), then corral's services, then the
-modules of corral.toml in dependency order, each as its own process; prints what is up;
+modules of corral.toml in dependency order, each as its own process (a layer is up when its
+processes are registered and, for SDK modules, told ready by the orchestrator); prints what is up;
 on Ctrl-C or SIGTERM stops everything in reverse order.
 """
 
@@ -24,9 +25,9 @@ from corral.bus import BusSettings, connect
 from corral.cli.output import err, out
 from corral.cli.processes import ChildProcess
 from corral.config import SystemConfig, start_layers
-from corral.discovery import InstanceInfo, discover
+from corral.discovery import InstanceInfo, discover, module_statuses
 from corral.natsd import NatsServer, port_is_free
-from corral.subjects import SERVICES
+from corral.subjects import SERVICES, Subjects
 
 __all__ = ["StartupError", "System"]
 
@@ -162,14 +163,27 @@ class System:
                     f"{child.role} {child.name} exited with code {child.process.returncode} during startup; "
                     f"last lines of {child.log_file}:\n{child.log_tail()}"
                 )
-            for info in await discover(self.nc, self.config.prefix, wait=0.2, name=child.name):
-                if info.metadata.get("instance") == child.instance:
-                    self.infos[child.instance] = info
-                    return
+            if child.instance not in self.infos:
+                for info in await discover(self.nc, self.config.prefix, wait=0.2, name=child.name):
+                    if info.metadata.get("instance") == child.instance:
+                        self.infos[child.instance] = info
+            elif await self._is_ready(child, self.infos[child.instance]):
+                return
+        what = "become ready" if child.instance in self.infos else "register"
         raise StartupError(
-            f"{child.role} {child.name} did not register within {timeout:g}s; "
+            f"{child.role} {child.name} did not {what} within {timeout:g}s; "
             f"see {child.log_file}:\n{child.log_tail()}"
         )
+
+    async def _is_ready(self, child: ChildProcess, info: InstanceInfo) -> bool:
+        """An SDK module serves once the orchestrator says its dependencies are ready; others
+        (services, WebAssembly modules) serve once registered."""
+        assert self.nc is not None
+        status_subject = Subjects(self.config.prefix).modctl(child.name, "status")
+        if all(endpoint.subject != status_subject for endpoint in info.endpoints):
+            return True
+        statuses = await module_statuses(self.nc, self.config.prefix, child.name, wait=0.2)
+        return any(s.instance == child.instance and s.ready for s in statuses)
 
     # --- running -----------------------------------------------------------------------------
     def table(self) -> Table:

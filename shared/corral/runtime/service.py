@@ -77,6 +77,7 @@ class Service:
         self._stopped = asyncio.Event()
         self._stop_lock = asyncio.Lock()
         self._handled = 0
+        self._own_endpoints: int | None = None  # endpoints added before the first start()
 
     # --- what subclasses use -------------------------------------------------------------------
     @property
@@ -143,6 +144,9 @@ class Service:
     async def start(self) -> None:
         if self._nc is not None:
             return
+        first_start = self._own_endpoints is None
+        if first_start:
+            self._own_endpoints = len(self.endpoints)
         self.started_at = time.time()
         bus = msgspec.structs.replace(self.settings.bus, name=f"{self.name}:{self.instance}")
         self._nc = await connect(bus)
@@ -156,8 +160,11 @@ class Service:
         )
         if self.settings.metrics_port >= 0:
             await self._http.start()
-        self.metrics.add_gauge_callback("uptime_seconds", "Seconds since this instance started", self._uptime)
-        self.metrics.in_flight.set_function(lambda: len(self._tasks))
+        if first_start:
+            self.metrics.add_gauge_callback(
+                "uptime_seconds", "Seconds since this instance started", self._uptime
+            )
+            self.metrics.in_flight.set_function(lambda: len(self._tasks))
         await self._register()
         # The endpoint subscriptions are only sent; a round trip makes sure the server has them
         # before start() returns, so a caller told "started" does not get "no responders".
@@ -328,6 +335,20 @@ class Service:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    async def restart(self) -> None:
+        """Drain and stop, then start again on a new connection (setup() runs again, so it must
+        not register anything twice: the endpoints it added are dropped first)."""
+        await self.stop()
+        if self._own_endpoints is not None:
+            del self.endpoints[self._own_endpoints :]
+        self._nc = self._js = None
+        self._micro = None
+        self._http = None
+        self._heartbeat_task = None
+        self._draining = False
+        self._stopped = asyncio.Event()
+        await self.start()
 
     async def run(self) -> None:
         """Start, serve until SIGTERM or SIGINT, then drain and stop."""

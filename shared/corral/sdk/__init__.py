@@ -14,6 +14,7 @@ from corral.errors import (
 from corral.runtime import RequestContext
 from corral.sdk.client import Client
 from corral.sdk.module import Module
+from corral.sdk.service import ModuleService
 from corral.sdk.state import StateClient, StateManager, Watch
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "CorralError",
     "Module",
     "ModuleError",
+    "ModuleService",
     "NotFoundError",
     "OverloadedError",
     "RequestContext",

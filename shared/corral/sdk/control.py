@@ -1,0 +1,174 @@
+"""The control verbs every SDK module instance answers: `<prefix>.modctl.<module>.<verb>`.
+
+Each instance subscribes in a queue group of its own, so a publish (or a request) reaches every
+instance; a request gets the first instance's reply. Every verb answers a Response like any
+endpoint, and a body of the wrong shape gets VALIDATION naming the field.
+
+| verb | body | does |
+|---|---|---|
+| ready | `{"dependencies"?}` | the orchestrator's go-ahead: the handlers start serving |
+| stop | empty | reply, drain, stop (the process exits 0 under `module.run()`) |
+| restart | empty | reply, drain, re-exec the process (in-process: stop, then start) |
+| reset | empty | like restart, with the module's `on_reset` hooks run after draining |
+| degrade | `{"reason"?, "on"?: true}` | sets `module.degraded`, calls the `on_degrade` hooks |
+| throttle | `{"concurrency": int or null}` | caps concurrent handler calls of the instance (null: no cap) |
+| config | the module's config Struct | validates, calls the `on_config` hooks, then `module.config` |
+| status | empty | `{module, instance, pid, started, ready, degraded, throttle, config_version, in_flight}` |
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from corral.errors import CorralError, ValidationError
+from corral.protocol import ModuleStatus
+from corral.runtime import RequestContext
+from corral.runtime.endpoints import typed_handler
+
+if TYPE_CHECKING:
+    from corral.sdk.service import ModuleService
+
+__all__ = ["CONTROL_VERBS", "Degrade", "Ready", "Throttle", "add_control_endpoints", "call_hook"]
+
+log = logging.getLogger("corral.sdk")
+
+CONTROL_VERBS = ("ready", "stop", "restart", "reset", "degrade", "throttle", "config", "status")
+
+
+class Ready(msgspec.Struct, forbid_unknown_fields=True):
+    dependencies: list[str] = []
+
+
+class Degrade(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    on: bool = True
+
+
+class Throttle(msgspec.Struct, forbid_unknown_fields=True):
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] | None
+
+
+class Action(msgspec.Struct):
+    module: str
+    instance: str
+    action: str
+
+
+class ConfigReply(msgspec.Struct):
+    config_version: int
+    config: Any
+
+
+async def call_hook(hook: Callable[..., Any], *args: Any) -> None:
+    """Hooks may be plain or `async def`."""
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+def status_of(service: ModuleService) -> ModuleStatus:
+    module = service.module
+    return ModuleStatus(
+        module=module.name,
+        instance=service.instance,
+        pid=os.getpid(),
+        started=service.started_at,
+        ready=service.readiness()[0],
+        degraded=module.degraded,
+        degraded_reason=module.degraded_reason,
+        throttle=service.throttle.limit,
+        config_version=module.config_version,
+        in_flight=service.in_flight,
+    )
+
+
+class ControlVerbs:
+    """The handlers of the control verbs of one ModuleService instance."""
+
+    def __init__(self, service: ModuleService) -> None:
+        self.service = service
+        self.module = service.module
+
+    def _action(self, action: str) -> Action:
+        log.info("module %s: %s requested", self.module.name, action)
+        return Action(self.module.name, self.service.instance, action)
+
+    async def ready(self, _req: Ready, _ctx: RequestContext) -> ModuleStatus:
+        await self.service.mark_ready()
+        return status_of(self.service)
+
+    async def stop(self, _: None, _ctx: RequestContext) -> Action:
+        self.service.after_reply(self.service.shut_down)
+        return self._action("stop")
+
+    async def restart(self, _: None, _ctx: RequestContext) -> Action:
+        self.service.after_reply(lambda: self.service.restart_instance(reset=False))
+        return self._action("restart")
+
+    async def reset(self, _: None, _ctx: RequestContext) -> Action:
+        self.service.after_reply(lambda: self.service.restart_instance(reset=True))
+        return self._action("reset")
+
+    async def degrade(self, req: Degrade, _ctx: RequestContext) -> ModuleStatus:
+        module = self.module
+        module.degraded = req.on
+        module.degraded_reason = req.reason if req.on else ""
+        log.warning("module %s %s: %s", module.name, "degraded" if req.on else "restored", req.reason)
+        for hook in module.degrade_hooks:
+            await call_hook(hook, req.on, req.reason)
+        return status_of(self.service)
+
+    async def throttle(self, req: Throttle, _ctx: RequestContext) -> ModuleStatus:
+        await self.service.throttle.set_limit(req.concurrency)
+        log.info("module %s: at most %s concurrent calls", self.module.name, req.concurrency or "unlimited")
+        return status_of(self.service)
+
+    async def config(self, req: Any, _ctx: RequestContext) -> ConfigReply:
+        module = self.module
+        for hook in module.config_hooks:
+            try:
+                await call_hook(hook, req)
+            except CorralError:
+                raise
+            except Exception as exc:
+                raise ValidationError(
+                    f"config rejected by {getattr(hook, '__name__', 'on_config')}: {exc}; "
+                    f"the module keeps config version {module.config_version}"
+                ) from exc
+        module.config = req
+        module.config_version += 1
+        log.info("module %s: config version %d applied", module.name, module.config_version)
+        return ConfigReply(module.config_version, req)
+
+    async def status(self, _: None, _ctx: RequestContext) -> ModuleStatus:
+        return status_of(self.service)
+
+
+def add_control_endpoints(service: ModuleService) -> None:
+    """Add every control verb to `service`, each in a queue group of the instance's own."""
+    verbs = ControlVerbs(service)
+    module = service.module
+    config_type = module.config_type if module.config_type is not None else dict[str, Any]
+    payload_types: dict[str, Any] = {
+        "ready": Ready,
+        "degrade": Degrade,
+        "throttle": Throttle,
+        "config": config_type,
+    }
+    own_group = service.subjects.queue_group(f"{module.name}-{service.instance}")
+    for verb in CONTROL_VERBS:
+        service.add_endpoint(
+            f"modctl-{verb}",
+            service.subjects.modctl(module.name, verb),
+            typed_handler(
+                verb, payload_types.get(verb), getattr(verbs, verb), service.settings.max_request_bytes
+            ),
+            response_type=verb,
+            queue_group=own_group,
+        )

@@ -1,0 +1,216 @@
+"""`ModuleService`: the Service that serves one Module's handlers and control verbs.
+
+Per call: the readiness gate (UNAVAILABLE until the orchestrator's `ready`, without decoding the
+payload or running the handler), then the handler's own concurrency slot, then a slot under
+the module-wide throttle, all within the handler's timeout (TIMEOUT when it passes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+from corral.errors import CallTimeoutError
+from corral.protocol import ErrorCode, ModuleRegistration, codec_for
+from corral.runtime import Reply, RequestContext, Service, ServiceSettings, error_reply
+from corral.runtime.endpoints import RawHandler, typed_handler
+from corral.sdk.control import add_control_endpoints, call_hook
+from corral.sdk.limits import Limiter
+
+if TYPE_CHECKING:
+    from corral.sdk.module import Handler, Module
+
+__all__ = ["ModuleService"]
+
+log = logging.getLogger("corral.sdk")
+
+REGISTER_RETRY = 1.0  # seconds between registrations until an orchestrator answers
+REREGISTER_EVERY = 5.0  # seconds between registrations while answered but not yet ready
+
+
+class ModuleService(Service):
+    role = "module"
+
+    def __init__(
+        self,
+        module: Module,
+        settings: ServiceSettings | None = None,
+        *,
+        wait_for_ready: bool = False,
+        owns_process: bool = False,
+    ) -> None:
+        super().__init__(
+            module.name, version=module.version, settings=settings, description=module.description
+        )
+        self.module = module
+        self.wait_for_ready = wait_for_ready
+        # True under `module.run()`: `stop` ends the process and `restart` re-executes it;
+        # otherwise (in-process) they stop, or stop and start, this service.
+        self.owns_process = owns_process
+        self.exec_on_exit = False  # set by restart/reset when owns_process: run() then re-execs
+        self.reset_pending = False  # run the module's on_reset hooks in the next teardown
+        self.ready = not wait_for_ready
+        self.throttle = Limiter()
+        self._limiters: dict[str, Limiter] = {}
+        self._registrar: asyncio.Task[None] | None = None
+        self._control_tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def setup(self) -> None:
+        self.ready = not self.wait_for_ready
+        for hook in self.module.start_hooks:
+            await call_hook(hook, self)
+        for handler in self.module.handlers.values():
+            self.add_endpoint(
+                handler.type,
+                self.subjects.module(self.module.name, handler.type),
+                self._gated(handler),
+                response_type=handler.type,
+                metadata={"idempotent": "true" if handler.idempotent else "false"},
+            )
+        add_control_endpoints(self)
+
+    async def start(self) -> None:
+        await super().start()
+        if not self.ready and self._registrar is None:
+            self._registrar = asyncio.create_task(self._register_loop(), name=f"{self.name}-register")
+
+    async def teardown(self) -> None:
+        if self._registrar is not None:
+            self._registrar.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registrar
+            self._registrar = None
+        if self.reset_pending:
+            self.reset_pending = False
+            for hook in self.module.reset_hooks:
+                await call_hook(hook)
+            log.info("module %s reset", self.name)
+
+    def after_reply(self, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `action` once the current request has been answered (stop drains it first)."""
+        task = asyncio.create_task(action())
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def shut_down(self) -> None:
+        """The `stop` verb: drain and stop; under `module.run()` the process then exits 0."""
+        await self.stop()
+
+    async def restart_instance(self, *, reset: bool) -> None:
+        """The `restart` / `reset` verbs: drain, (reset,) then re-exec the process under
+        `module.run()`, or start this service again in-process."""
+        self.reset_pending = reset
+        if self.owns_process:
+            self.exec_on_exit = True
+            await self.stop()
+        else:
+            await self.restart()
+
+    async def mark_ready(self) -> None:
+        if self.ready:
+            return
+        self.ready = True
+        log.info("module %s: dependencies are ready; serving", self.name)
+
+    # --- readiness -----------------------------------------------------------------------------
+    def waiting_message(self) -> str:
+        deps = self.module.depends_on
+        if deps:
+            return f"module {self.name!r} is waiting for its dependencies ({', '.join(deps)}) to be ready"
+        return (
+            f"module {self.name!r} is waiting for the orchestrator to tell it to serve "
+            f"({self.subjects.modctl(self.name, 'ready')}); run it with --no-wait to serve without one"
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        ready, reason = super().readiness()
+        if not ready and reason.startswith("waiting"):
+            return False, self.waiting_message()
+        return ready, reason
+
+    async def _register_loop(self) -> None:
+        registration = ModuleRegistration(
+            module=self.name,
+            instance=self.instance,
+            version=self.version,
+            depends_on=list(self.module.depends_on),
+            types=sorted(self.module.handlers),
+        )
+        body = msgspec.json.encode(registration)
+        subject = self.subjects.service("orchestrator", "register")
+        answered = False
+        warned = False
+        while not self.ready:
+            try:
+                await self.nc.request(subject, body, timeout=REGISTER_RETRY)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if not warned:
+                    log.warning(
+                        "module %s: no orchestrator answers %s; retrying every %gs "
+                        "(start with --no-wait to serve without one)",
+                        self.name,
+                        subject,
+                        REGISTER_RETRY,
+                    )
+                    warned = True
+                answered = False
+            except Exception as exc:  # reconnecting: try again
+                log.warning("module %s: registration failed: %r", self.name, exc)
+                answered = False
+            else:
+                if not answered:
+                    log.info("registered with the orchestrator; %s", self.waiting_message())
+                answered = True
+            await asyncio.sleep(REREGISTER_EVERY if answered else REGISTER_RETRY)
+
+    # --- handlers ------------------------------------------------------------------------------
+    def _gated(self, handler: Handler) -> RawHandler:
+        """The readiness gate in front of the typed handler: until ready, UNAVAILABLE."""
+        typed = typed_handler(
+            handler.type, handler.payload_type, self._limited(handler), self.settings.max_request_bytes
+        )
+
+        async def handle(msg: Msg) -> Reply:
+            if not self.ready:
+                return error_reply(
+                    codec_for(msg.headers), handler.type, ErrorCode.UNAVAILABLE, self.waiting_message()
+                )
+            return await typed(msg)
+
+        return handle
+
+    def _limited(self, handler: Handler) -> Callable[[Any, RequestContext], Awaitable[Any]]:
+        func = handler.func
+        wants_context = handler.wants_context
+        limiter = self._limiters.setdefault(handler.type, Limiter(handler.concurrency))
+        throttle = self.throttle
+        timeout = handler.timeout
+
+        async def run(payload: Any, ctx: RequestContext) -> Any:
+            async with limiter, throttle:
+                return await (func(payload, ctx) if wants_context else func(payload))
+
+        if timeout is None:
+            return run
+
+        async def run_with_timeout(payload: Any, ctx: RequestContext) -> Any:
+            deadline = asyncio.timeout(timeout)
+            try:
+                async with deadline:
+                    return await run(payload, ctx)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                raise CallTimeoutError(
+                    f"{self.name}.{handler.type} did not finish within its timeout of {timeout:g}s"
+                ) from exc
+
+        return run_with_timeout
