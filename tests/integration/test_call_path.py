@@ -279,7 +279,10 @@ async def test_stats_and_metrics_report_per_module_figures(system: System) -> No
     assert callee["errors"] == {"VALIDATION": 1}
     assert 0 < callee["p50_ms"] <= callee["p95_ms"] <= callee["p99_ms"]
     assert callee["breaker"] == "closed"
+    assert 0 < callee["uptime_seconds"] < 60
     assert stats["routed"] == 6
+    assert stats["modules_running"] == 1
+    assert stats["handlers"] == 5  # work, strict, gated, flaky, flaky_unsafe
 
     async with (
         aiohttp.ClientSession() as http,

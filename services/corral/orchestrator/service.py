@@ -6,6 +6,7 @@ Call policies (timeout, breaker, bulkhead per module) come from the system file 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -17,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from corral.config import load_config
-from corral.discovery import discover, module_types
+from corral.discovery import discover, module_statuses, module_types
 from corral.errors import NotFoundError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
@@ -128,20 +129,31 @@ class OrchestratorService(Service):
 
     async def _stats(self, _: None, ctx: RequestContext) -> dict[str, Any]:
         assert self.router is not None
+        names = sorted(self.router.routes)
+        uptimes = await asyncio.gather(*(self._module_uptime(name) for name in names))
+        handlers = await self.router.catalog.refresh(max_age=self.router.catalog.ttl)
         modules = {}
-        for name, route in sorted(self.router.routes.items()):
+        for name, uptime in zip(names, uptimes, strict=True):
+            route = self.router.routes[name]
             modules[name] = {
                 **route.stats.as_dict(),
                 "in_flight": route.bulkhead.in_flight,
                 "queued": route.bulkhead.queued,
                 "breaker": route.breaker.state.value,
-                "first_call_seconds_ago": round(time.time() - route.stats.first_call, 3),
+                "uptime_seconds": uptime,
             }
         return {
             "routed": self.router.routed,
+            "modules_running": len(handlers),
+            "handlers": sum(len(types) for types in handlers.values()),
             "modules": modules,
             "subscribed_types": sorted(self.router.watched_types),
         }
+
+    async def _module_uptime(self, module: str) -> float | None:
+        """Seconds since the module's oldest running SDK instance started (None: not an SDK module)."""
+        statuses = await module_statuses(self.nc, self.subjects.prefix, module, wait=0.2)
+        return round(time.time() - min(s.started for s in statuses), 3) if statuses else None
 
     async def _modules(self, _: None, ctx: RequestContext) -> list[ModuleSummary]:
         instances = await discover(self.nc, self.subjects.prefix)
