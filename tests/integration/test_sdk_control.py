@@ -309,6 +309,7 @@ async def test_every_instance_gets_control_verbs(
     async with module.service(settings) as one, module.service(second) as two:
         await nc.publish(ctl(prefix, "throttle"), b'{"concurrency": 3}')
         await eventually(lambda: _true(one.throttle.limit == two.throttle.limit == 3))
+        assert (one.throttle.limit, two.throttle.limit) == (3, 3)
 
 
 # --- the readiness gate through the orchestrator ---------------------------------------------------
