@@ -129,7 +129,8 @@ class System:
 
     def _module_process(self, name: str) -> ChildProcess:
         module = self.config.modules[name]
-        env, instance = self._env(name, module.metrics_port, module.env)
+        extra = {"CORRAL_DEPENDS_ON": ",".join(module.depends_on), **module.env}
+        env, instance = self._env(name, module.metrics_port, extra)
         cwd = str(self.config.resolve(module.cwd)) if module.cwd else self.config.root
         return ChildProcess(
             name, "module", self.config.module_argv(name), env, self._log_file(name), instance, cwd

@@ -86,7 +86,11 @@ class Module:
         self.name = validate_token(name, "module name")
         self.version = version
         self.description = description or f"corral module {name}"
-        self.depends_on = [validate_token(dep, "dependency name") for dep in depends_on or []]
+        # Dependencies declared in code, plus those the launcher passes (corral.toml's
+        # `depends_on`, or a Kubernetes manifest) in CORRAL_DEPENDS_ON="a,b".
+        from_env = [d.strip() for d in os.environ.get("CORRAL_DEPENDS_ON", "").split(",") if d.strip()]
+        declared = [*(depends_on or []), *(d for d in from_env if d not in (depends_on or []))]
+        self.depends_on = [validate_token(dep, "dependency name") for dep in declared]
         self.capabilities = list(capabilities or [])
         self.handlers: dict[str, Handler] = {}
         self.degraded = False  # set by the `degrade` control verb; handlers may consult it
