@@ -20,11 +20,13 @@ __all__ = [
     "MSGPACK_CONTENT_TYPE",
     "PRIORITY_NAMES",
     "TRACEPARENT_HEADER",
+    "CheckResult",
     "Codec",
     "Envelope",
     "ErrorCode",
     "ErrorPayload",
     "Heartbeat",
+    "ModuleHealth",
     "ModuleRegistration",
     "ModuleStatus",
     "Priority",
@@ -111,13 +113,19 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     """
 
     type: TypeName
-    payload: msgspec.Raw = msgspec.Raw()
+    # UNSET rather than an empty Raw default: the JSON Schema export cannot encode a Raw default.
+    payload: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     timestamp: float | None = None
     id: str | None = None
     priority: int | str = Priority.NORMAL
     timeout: Seconds | None = None
     # Extra attempts after a timeout or module error; only for types the module declares idempotent.
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
+
+    @property
+    def payload_bytes(self) -> bytes:
+        """The payload exactly as the caller encoded it (empty when there was none)."""
+        return b"" if self.payload is msgspec.UNSET else bytes(self.payload)
 
     def __post_init__(self) -> None:
         self.priority = parse_priority(self.priority)
@@ -158,6 +166,8 @@ class Heartbeat(msgspec.Struct, omit_defaults=True):
     handled: int
     ready: bool
     metrics_url: str = ""
+    service_id: str = ""  # the NATS Services API id: `$SRV.PING.<service>.<service_id>` reaches it
+    modctl: bool = False  # answers the SDK control verbs (`<prefix>.modctl.<module>.<verb>`)
 
 
 _Token = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
@@ -186,6 +196,20 @@ class ModuleStatus(msgspec.Struct):
     config_version: int
     in_flight: int
     degraded_reason: str = ""
+
+
+class CheckResult(msgspec.Struct):
+    ok: bool
+    error: str = ""
+
+
+class ModuleHealth(msgspec.Struct):
+    """The reply of `<prefix>.modctl.<module>.health`: the module's own checks, one instance."""
+
+    module: str
+    instance: str
+    checks: dict[str, CheckResult]
+    throttle: int | None = None
 
 
 def success_response(type_: str, payload: Any) -> Response:

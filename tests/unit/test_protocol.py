@@ -40,7 +40,7 @@ def test_envelope_defaults() -> None:
     envelope = JSON.decode(b'{"type": "eval"}', Envelope)
     after = time.time()
     assert envelope.type == "eval"
-    assert bytes(envelope.payload) == b""
+    assert envelope.payload_bytes == b""
     assert envelope.id is None
     assert envelope.timeout is None
     assert envelope.priority is Priority.NORMAL
@@ -60,7 +60,7 @@ def test_envelope_keeps_a_given_timestamp_and_fills_a_null_one() -> None:
 def test_envelope_payload_stays_the_raw_bytes_sent() -> None:
     body = b'{"type": "eval", "payload": {"code" : "(+ 1 2)",  "context": {}} , "id": "r-1", "timeout": 2.5}'
     envelope = JSON.decode(body, Envelope)
-    assert bytes(envelope.payload) == b'{"code" : "(+ 1 2)",  "context": {}}'
+    assert envelope.payload_bytes == b'{"code" : "(+ 1 2)",  "context": {}}'
     assert envelope.id == "r-1"
     assert envelope.timeout == 2.5
 

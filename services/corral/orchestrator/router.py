@@ -214,7 +214,7 @@ class CallRouter:
         try:
             response = await self.nc.request(
                 self.subjects.module(module, envelope.type),
-                bytes(envelope.payload),
+                envelope.payload_bytes,
                 timeout=timeout,
                 headers=headers,
             )
