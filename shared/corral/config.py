@@ -16,6 +16,7 @@ from corral.subjects import DEFAULT_PREFIX, SERVICES, validate_token
 __all__ = [
     "ModuleConfig",
     "NatsConfig",
+    "ResourceLimits",
     "ServiceConfig",
     "SystemConfig",
     "load_config",
@@ -54,6 +55,29 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     env: dict[str, str] = {}
 
 
+class ResourceLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[modules.<name>.limits]`: per-instance figures the health service holds a module to
+    (unset: no limit). A sustained violation throttles the module, then makes it unhealthy."""
+
+    cpu_percent: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory_mb: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    open_files: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    def exceeded(self, cpu_percent: float, rss_bytes: int, open_fds: int, threads: int) -> list[str]:
+        """The names of the limits these figures are over."""
+        over = []
+        if self.cpu_percent is not None and cpu_percent > self.cpu_percent:
+            over.append("cpu_percent")
+        if self.memory_mb is not None and rss_bytes > self.memory_mb * 2**20:
+            over.append("memory_mb")
+        if self.open_files is not None and open_fds > self.open_files:
+            over.append("open_files")
+        if self.threads is not None and threads > self.threads:
+            over.append("threads")
+        return over
+
+
 class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`[modules.<name>]`: a module `corral up` starts (`process`, `wasm`) or only expects (`external`)."""
 
@@ -76,6 +100,7 @@ class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: PositiveSeconds = 30.0
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     bulkhead: BulkheadConfig = msgspec.field(default_factory=BulkheadConfig)
+    limits: ResourceLimits = msgspec.field(default_factory=ResourceLimits)
 
     def policy(self) -> CallPolicy:
         return CallPolicy(timeout=self.timeout, breaker=self.breaker, bulkhead=self.bulkhead)

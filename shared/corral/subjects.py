@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "EVENT_SOURCES", "SERVICES", "Subjects", "validate_token"]
+__all__ = ["DEFAULT_PREFIX", "EVENT_OWNERS", "EVENT_SOURCES", "SERVICES", "Subjects", "validate_token"]
 
 DEFAULT_PREFIX: Final = "corral"
 
@@ -21,6 +21,13 @@ SERVICES: Final = ("state", "health", "scheduler", "orchestrator")
 # Sources of events kept in the CORRAL_EVENTS stream (`<prefix>.evt.<source>.>`). Routed-message
 # events (`<prefix>.evt.message.<type>`) are deliberately not among them: they are live only.
 EVENT_SOURCES: Final = ("lifecycle", "breaker", "health", "resource", "task", "workflow", "config", "state")
+
+# Which service publishes each kind of event: `corral events --source orchestrator` means these kinds.
+EVENT_OWNERS: Final = {
+    "lifecycle": "orchestrator", "breaker": "orchestrator", "config": "orchestrator",
+    "health": "health", "resource": "health", "task": "scheduler", "workflow": "scheduler",
+    "state": "state",
+}  # fmt: skip
 
 # A subject token a user may choose (module names, message types, service names).
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -29,6 +29,8 @@ class InstanceView(msgspec.Struct):
     in_flight: int
     handled: int
     metrics_url: str
+    service_id: str = ""
+    modctl: bool = False
 
 
 class InstanceRegistry:
@@ -78,6 +80,8 @@ class InstanceRegistry:
             in_flight=beat.in_flight,
             handled=beat.handled,
             metrics_url=beat.metrics_url,
+            service_id=beat.service_id,
+            modctl=beat.modctl,
         )
 
 

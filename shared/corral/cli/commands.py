@@ -49,13 +49,17 @@ async def status(bus: BusSettings, prefix: str) -> int:
     try:
         instances = await discover(nc, prefix, wait=0.5)
         figures: dict[str, dict[str, Any]] = {}
+        system = ""
         try:
-            msg = await nc.request(Subjects(prefix).service("health", "instances"), b"", timeout=2)
+            msg = await nc.request(Subjects(prefix).service("health", "status"), b"", timeout=2)
             reply = msgspec.json.decode(msg.data)
             if reply.get("success"):
-                figures = {v["instance"]: v for v in reply["payload"]}
+                system = reply["payload"]["status"]
+                figures = {
+                    i["instance"]: i for m in reply["payload"]["modules"].values() for i in m["instances"]
+                }
         except Exception:  # the health service may be down; status still lists what answers
-            err.print("[yellow]the health service did not answer; figures are missing[/]")
+            err.print("[yellow]the health service did not answer; verdicts and figures are missing[/]")
         try:
             call_stats = await ask(nc, Subjects(prefix).service("orchestrator", "stats"), timeout=2)
         except Exception:
@@ -66,8 +70,10 @@ async def status(bus: BusSettings, prefix: str) -> int:
     if not instances:
         err.print(f"nothing is running under prefix {prefix!r} (is `corral up` running? is NATS_URL right?)")
         return 1
-    table = Table(title=f"corral status (prefix {prefix})")
-    for column in ("name", "role", "instance", "version", "alive", "cpu %", "rss MB", "endpoints", "metrics"):
+    title = f"corral status (prefix {prefix})" + (f": {system}" if system else "")
+    table = Table(title=title)
+    columns = ("name", "role", "instance", "version", "verdict", "cpu %", "rss MB", "endpoints", "metrics")
+    for column in columns:
         table.add_column(column)
     for info in sorted(instances, key=lambda i: (i.role != "service", i.name)):
         f = figures.get(info.metadata.get("instance", ""), {})
@@ -76,9 +82,9 @@ async def status(bus: BusSettings, prefix: str) -> int:
             info.role,
             info.metadata.get("instance", info.id),
             info.version,
-            "yes" if f.get("alive") else ("?" if not f else "no"),
+            _verdict(f),
             f"{f['cpu_percent']:.1f}" if f else "",
-            f"{f['rss_bytes'] / 2**20:.1f}" if f else "",
+            f"{f['memory_mb']:.1f}" if f else "",
             str(len(info.endpoints)),
             info.metrics_url,
         )
@@ -89,6 +95,19 @@ async def status(bus: BusSettings, prefix: str) -> int:
     if missing:
         err.print(f"[yellow]not running:[/] {', '.join(missing)}")
     return 0
+
+
+_COLOURS = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+
+
+def _verdict(figures: dict[str, Any]) -> str:
+    if not figures:
+        return "?"
+    verdict = str(figures["verdict"])
+    failing = ", ".join(figures.get("failing") or figures.get("over_limits") or [])
+    shown = f"{verdict} ({failing})" if failing else verdict
+    colour = _COLOURS.get(verdict)
+    return f"[{colour}]{shown}[/]" if colour else shown
 
 
 def run_service(name: str) -> int:

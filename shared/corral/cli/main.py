@@ -12,6 +12,7 @@ from typing import Any
 
 from corral.bus import BusSettings
 from corral.cli import calls, commands
+from corral.cli import events as events_cli
 from corral.cli import state as state_cli
 from corral.cli.up import run_up
 from corral.config import load_config
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     reset = breaker_verbs.add_parser("reset", help="close the breaker (every orchestrator replica follows)")
     reset.add_argument("module")
     state_cli.add_parser(sub)
+    events_cli.add_parser(sub)
     return parser
 
 
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(calls.breakers(bus, prefix))
         elif args.command == "breaker":
             code = _run(calls.breaker_reset(bus, prefix, args.module))
+        elif args.command == "events":
+            code = _run(events_cli.run(args, bus, prefix))
         elif args.command == "state":
             code = _run(state_cli.run(args, bus, prefix))
         else:

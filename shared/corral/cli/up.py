@@ -120,7 +120,8 @@ class System:
 
     def _service_process(self, name: str) -> ChildProcess:
         service = self.config.service(name)
-        # The orchestrator reads per-module call policies (timeouts, breakers, bulkheads) from it.
+        # The orchestrator reads per-module call policies (timeouts, breakers, bulkheads) from it,
+        # the health service per-module resource limits and which modules are required.
         extra = {"CORRAL_CONFIG": self.config.source, **service.env} if self.config.source else service.env
         env, instance = self._env(name, service.metrics_port, extra)
         return ChildProcess(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import nats.micro
+from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -48,6 +49,7 @@ class Service:
     """
 
     role = "service"
+    has_control_verbs = False  # True for SDK modules: they answer `<prefix>.modctl.<name>.<verb>`
 
     def __init__(
         self,
@@ -106,6 +108,9 @@ class Service:
     async def teardown(self) -> None:
         """Release what setup() acquired; runs after in-flight requests have finished."""
 
+    def add_http_routes(self, app: web.Application) -> None:
+        """Add routes to this process's HTTP app (next to /metrics); runs before it serves."""
+
     def add_endpoint(
         self,
         name: str,
@@ -158,6 +163,7 @@ class Service:
             is_alive=lambda: not self._stopped.is_set(),
             readiness=self.readiness,
         )
+        self.add_http_routes(self._http.app)
         if self.settings.metrics_port >= 0:
             await self._http.start()
         if first_start:
@@ -290,6 +296,8 @@ class Service:
                     handled=self._handled,
                     ready=self.readiness()[0],
                     metrics_url=self.metrics_url,
+                    service_id=self._micro.id if self._micro is not None else "",
+                    modctl=self.has_control_verbs,
                 )
                 if self.nc.is_connected:
                     await self.nc.publish(subject, codec.encode(beat))

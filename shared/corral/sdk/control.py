@@ -14,10 +14,12 @@ endpoint, and a body of the wrong shape gets VALIDATION naming the field.
 | throttle | `{"concurrency": int or null}` | caps concurrent handler calls of the instance (null: no cap) |
 | config | the module's config Struct | validates, calls the `on_config` hooks, then `module.config` |
 | status | empty | `{module, instance, pid, started, ready, degraded, throttle, config_version, in_flight}` |
+| health | empty | runs `@module.health_check`s: `{module, instance, checks: {name: {ok, error}}, throttle}` |
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from corral.errors import CorralError, ValidationError
-from corral.protocol import ModuleStatus
+from corral.protocol import CheckResult, ModuleHealth, ModuleStatus
 from corral.runtime import RequestContext
 from corral.runtime.endpoints import typed_handler
 
@@ -38,7 +40,7 @@ __all__ = ["CONTROL_VERBS", "Degrade", "Ready", "Throttle", "add_control_endpoin
 
 log = logging.getLogger("corral.sdk")
 
-CONTROL_VERBS = ("ready", "stop", "restart", "reset", "degrade", "throttle", "config", "status")
+CONTROL_VERBS = ("ready", "stop", "restart", "reset", "degrade", "throttle", "config", "status", "health")
 
 
 class Ready(msgspec.Struct, forbid_unknown_fields=True):
@@ -148,6 +150,29 @@ class ControlVerbs:
 
     async def status(self, _: None, _ctx: RequestContext) -> ModuleStatus:
         return status_of(self.service)
+
+    async def health(self, _: None, _ctx: RequestContext) -> ModuleHealth:
+        names = list(self.module.health_checks)
+        results = await asyncio.gather(*(self._check(name) for name in names))
+        return ModuleHealth(
+            self.module.name, self.service.instance, dict(zip(names, results, strict=True)),
+            self.service.throttle.limit,
+        )  # fmt: skip
+
+    async def _check(self, name: str) -> CheckResult:
+        timeout = self.module.health_check_timeouts.get(name, 2.0)
+        try:
+            async with asyncio.timeout(timeout):
+                result = self.module.health_checks[name]()
+                if inspect.isawaitable(result):
+                    result = await result
+        except TimeoutError:
+            return CheckResult(False, f"did not finish within {timeout:g}s")
+        except Exception as exc:
+            return CheckResult(False, f"{type(exc).__name__}: {exc}")
+        if result is False:
+            return CheckResult(False, "returned False")
+        return CheckResult(True)
 
 
 def add_control_endpoints(service: ModuleService) -> None:

@@ -17,6 +17,9 @@
     @module.on_reset
     async def reset() -> None: ...                                # clear state and queues
 
+    @module.health_check("db")
+    async def db_reachable() -> bool: ...                         # False or raising: failing
+
     if __name__ == "__main__":
         module.run()                                              # `--no-wait`: serve at once
 
@@ -102,6 +105,8 @@ class Module:
         self.degrade_hooks: list[Callable[[bool, str], Any]] = []
         self.reset_hooks: list[Callable[[], Any]] = []
         self.config_hooks: list[Callable[[Any], Any]] = []
+        self.health_checks: dict[str, Callable[[], Any]] = {}
+        self.health_check_timeouts: dict[str, float] = {}
 
     # --- handlers ------------------------------------------------------------------------------
     def handler(
@@ -202,6 +207,21 @@ class Module:
                 self.config = msgspec.convert({}, config_type)
         self.config_hooks.append(func)
         return func
+
+    def health_check(self, name: str, *, timeout: float = 2.0) -> Callable[[F], F]:
+        """Register a check `f()` (plain or `async def`) run by the `health` control verb, which
+        the health service calls on every check round. Returning False or raising fails it; a
+        check running longer than `timeout` seconds fails with a timeout."""
+        validate_token(name, "health check name")
+        if name in self.health_checks:
+            raise ValueError(f"module {self.name!r} already has a health check named {name!r}")
+
+        def register(func: F) -> F:
+            self.health_checks[name] = func
+            self.health_check_timeouts[name] = timeout
+            return func
+
+        return register
 
     # --- serving -------------------------------------------------------------------------------
     def service(

@@ -37,6 +37,7 @@ REREGISTER_EVERY = 5.0  # seconds between registrations while answered but not y
 
 class ModuleService(Service):
     role = "module"
+    has_control_verbs = True
 
     def __init__(
         self,
