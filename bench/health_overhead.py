@@ -36,12 +36,25 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def wait_until_idle(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Wait until the modules have finished starting: 20 Python processes importing on 2 cores
+    take many seconds, and CPU spent starting up is not what monitoring costs."""
+    watched = [psutil.Process(p.pid) for p in processes]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(cpu_seconds(p) for p in watched)
+        time.sleep(1.0)
+        if sum(cpu_seconds(p) for p in watched) - before < 0.05 * len(watched):  # < 5% of a core each
+            return
+    raise SystemExit(f"modules still busy after {timeout:g}s; is the machine loaded?")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modules", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, seconds")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds after start-up before measuring")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as store:
         server = NatsServer(Path(store))
@@ -61,6 +74,7 @@ def main() -> None:
             for i in range(args.modules)
         ]
         try:
+            wait_until_idle(modules, timeout=120)
             time.sleep(args.settle)
             procs = [psutil.Process(p.pid) for p in (health, *modules)]
             before = [cpu_seconds(p) for p in procs]
