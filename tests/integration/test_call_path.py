@@ -314,3 +314,25 @@ async def test_subscribers_by_type_receive_routed_messages(system: System, setti
 
 async def _append(events: list[MessageEvent], event: MessageEvent) -> None:
     events.append(event)
+
+
+async def test_concurrent_calls_to_unknown_modules_share_one_discovery(system: System) -> None:
+    discoveries = 0
+
+    async def count(_msg: Any) -> None:
+        nonlocal discoveries
+        discoveries += 1
+
+    sub = await system.nc.subscribe("$SRV.INFO", cb=count)
+    await system.nc.flush()
+    bodies = [json.dumps({"type": "x", "payload": {}}).encode()] * 20
+    replies = await asyncio.gather(
+        *(
+            system.nc.request(f"{system.prefix}.send.ghost{i}", body, timeout=10)
+            for i, body in enumerate(bodies)
+        )
+    )
+    await sub.unsubscribe()
+    assert {json.loads(r.data)["payload"]["code"] for r in replies} == {"NOT_FOUND"}
+    assert 1 <= discoveries <= 2
+    assert not any(name.startswith("ghost") for name in system.orchestrator.router.routes)  # type: ignore[union-attr]
