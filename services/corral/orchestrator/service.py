@@ -119,10 +119,7 @@ class OrchestratorService(Service):
 
     async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
         return {
-            "service": self.name,
-            "instance": self.instance,
-            "version": self.version,
-            "uptime_seconds": round(time.time() - self.started_at, 3),
+            **self.identity(),
             **(await self._stats(None, ctx)),
             "waiting_for_dependencies": self.gate.snapshot() if self.gate else {},
         }

@@ -3,7 +3,6 @@ registers, heartbeats, exports metrics and answers `status`."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from corral.runtime import RequestContext, Service, ServiceSettings
@@ -21,10 +20,4 @@ class SchedulerService(Service):
         self.endpoint("status")(self._status)
 
     async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
-        return {
-            "service": self.name,
-            "instance": self.instance,
-            "version": self.version,
-            "uptime_seconds": round(time.time() - self.started_at, 3),
-            "in_flight": self.in_flight,
-        }
+        return self.identity()

@@ -18,7 +18,6 @@ it and neither changes what the other made.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import Final
 
 import msgspec
@@ -27,6 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from corral.bus import ensure_stream, events_stream_spec, publish_durable
+from corral.component import Component
 from corral.state.changes import Change
 from corral.state.watch import ChangeStream, kv_stream
 from corral.subjects import Subjects
@@ -40,7 +40,7 @@ PUBLISH_DEADLINE: Final = 5.0  # seconds of retrying one event before it is logg
 _encode = msgspec.json.Encoder().encode
 
 
-class EventForwarder:
+class EventForwarder(Component):
     def __init__(
         self, nc: Client, js: JetStreamContext, subjects: Subjects, bucket: str, *, heartbeat: float = 1.0
     ) -> None:
@@ -101,12 +101,3 @@ class EventForwarder:
             )
             return
         self.published += 1
-
-    async def __aenter__(self) -> EventForwarder:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import nats.errors
 import nats.js.errors
@@ -20,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from corral.component import Component
 from corral.state.consumer import AckFields, ConsumerLost, PullConsumer
 
 __all__ = ["Feed", "OnMessage"]
@@ -35,7 +35,7 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # backoff between attempts to make a consu
 START_WAIT = 10.0  # seconds start() waits for the first consumer to be pulling
 
 
-class Feed:
+class Feed(Component):
     """Hands each message to `on_message`, one at a time, in stream order.
 
     Starts after stream sequence `after` (0: from the first message kept). Two loops run: a
@@ -156,12 +156,3 @@ class Feed:
                     continue  # already read from an earlier consumer
                 self.read_seq = fields.stream_seq
                 await self._buffer.put((msg, fields))
-
-    async def __aenter__(self) -> Feed:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

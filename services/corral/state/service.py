@@ -12,7 +12,6 @@ store.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import msgspec
@@ -188,11 +187,7 @@ class StateService(Service):
 
     async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
         return {
-            "service": self.name,
-            "instance": self.instance,
-            "version": self.version,
-            "uptime_seconds": round(time.time() - self.started_at, 3),
-            "in_flight": self.in_flight,
+            **self.identity(),
             "bucket": self.subjects.state_bucket,
             "max_versions": self.state_settings.max_versions,
             "max_value_bytes": self.state_settings.max_value_bytes,

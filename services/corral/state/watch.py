@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from corral.component import Component
 from corral.state.changes import Change, ChangeTracker
 from corral.state.consumer import AckFields, read_latest
 from corral.state.entries import KVEntry, entry_from_parts, kv_prefix
@@ -41,7 +41,7 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-class ChangeStream:
+class ChangeStream(Component):
     def __init__(
         self,
         nc: Client,
@@ -119,12 +119,3 @@ class ChangeStream:
         return entry_from_parts(
             self._prefix, msg.subject, msg.data, msg.headers, fields.stream_seq, fields.timestamp
         )
-
-    async def __aenter__(self) -> ChangeStream:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -14,7 +14,6 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import msgspec
@@ -27,6 +26,7 @@ from nats.micro.service import EndpointStats as MicroEndpointStats
 from nats.micro.service import ServiceConfig
 
 from corral.bus import connect
+from corral.component import Component
 from corral.protocol import TRACEPARENT_HEADER, ErrorCode, Heartbeat, codec_for
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
 from corral.runtime.heartbeat import ProcessProbe
@@ -42,7 +42,7 @@ log = logging.getLogger("corral.runtime")
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
-class Service:
+class Service(Component):
     """Base of every corral process. Subclasses add endpoints in `setup()`.
 
     Use as `async with Service(...)`, or `await service.run()` to serve until SIGTERM.
@@ -183,6 +183,16 @@ class Service:
             extra={"subjects": [e.subject for e in self.endpoints], "metrics_url": self.metrics_url},
         )
 
+    def identity(self) -> dict[str, Any]:
+        """Who answers: the fields every service's `status` reply starts with."""
+        return {
+            "service": self.name,
+            "instance": self.instance,
+            "version": self.version,
+            "uptime_seconds": round(self._uptime(), 3),
+            "in_flight": self.in_flight,
+        }
+
     def readiness(self) -> tuple[bool, str]:
         if self._draining:
             return False, "draining"
@@ -244,10 +254,9 @@ class Service:
     async def _serve(self, endpoint: Endpoint, msg: Msg) -> None:
         headers = msg.headers
         trace_id_var.set(trace_id_from_traceparent(headers.get(TRACEPARENT_HEADER)) if headers else None)
-        started = time.perf_counter()
-        reply = await endpoint.serve(msg)
+        reply, elapsed_ns = await endpoint.serve(msg)
         self._handled += 1
-        self.metrics.observe_request(endpoint.name, reply.code, time.perf_counter() - started)
+        self.metrics.observe_request(endpoint.name, reply.code, elapsed_ns / 1e9)
         await self._respond(msg, reply)
 
     async def _respond(self, msg: Msg, reply: Reply) -> None:
@@ -379,12 +388,3 @@ class Service:
         await self.stop()
         if starting.done() and not starting.cancelled() and (exc := starting.exception()) is not None:
             raise exc
-
-    async def __aenter__(self) -> Service:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from types import TracebackType
 from typing import Any, TypeVar
 
 from corral.adapters.wasm.messages import ComputeReply, ComputeRequest
 from corral.adapters.wasm.program import WasmEngine, WasmInstance, WasmProgram
+from corral.component import Component
 from corral.errors import OverloadedError, UnavailableError
 
 __all__ = ["InstancePool"]
@@ -76,7 +76,7 @@ class _Slot:
     instance: WasmInstance
 
 
-class InstancePool:
+class InstancePool(Component):
     """`sandbox.pool_size` instances of the current version of one module. Owns the engine.
 
     Use `async with InstancePool(program):`, then `await pool.compute(request)`.
@@ -164,15 +164,6 @@ class InstancePool:
         for slot in self._slots:
             await asyncio.to_thread(slot.worker.join, 2 * self.program.sandbox.timeout_ms / 1000 + 1)
         await asyncio.to_thread(self.engine.close)
-
-    async def __aenter__(self) -> InstancePool:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- slots -----------------------------------------------------------------------------------
     async def _acquire(self) -> _Slot:
