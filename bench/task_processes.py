@@ -152,19 +152,43 @@ async def serve_raw(url: str, prefix: str) -> None:
     await nc.drain()
 
 
+def serve_corral(url: str, prefix: str, concurrency: int) -> None:
+    """One corral SDK Worker process running the no-op task, `concurrency` at a time."""
+    from corral.bus import BusSettings
+    from corral.runtime import ServiceSettings
+    from corral.sdk.task_context import TaskContext
+    from corral.sdk.worker import Worker
+
+    # metrics_port=-1: no HTTP endpoint; WARNING: no per-start INFO lines in the bench's logs.
+    settings = ServiceSettings(
+        prefix=prefix, bus=BusSettings(servers=[url]), metrics_port=-1, log_level="WARNING"
+    )
+    worker = Worker("bench", concurrency=concurrency, settings=settings)
+
+    @worker.task(TASK)
+    async def noop(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        record(payload)
+
+    worker.run()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("role", choices=("raw",))
+    parser.add_argument("role", choices=("raw", "corral"))
     parser.add_argument("--nats-url", required=True)
     parser.add_argument("--prefix", required=True, help="subject prefix, unique per bench run")
+    parser.add_argument("--concurrency", type=int, default=64, help="corral: tasks run at once")
     args = parser.parse_args(argv)
     from corral.runtime import run_main
 
     url: str = args.nats_url
     prefix: str = args.prefix
-    run_main(lambda: serve_raw(url, prefix))
+    if args.role == "corral":
+        serve_corral(url, prefix, args.concurrency)
+    else:
+        run_main(lambda: serve_raw(url, prefix))
 
 
 if __name__ == "__main__":

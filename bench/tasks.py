@@ -61,6 +61,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from task_processes import (
     RAW_DURABLE,
+    TASK,
     make_celery,
     make_taskiq,
     raw_stream,
@@ -76,6 +77,7 @@ DEFAULT_TASKS = 10_000
 DEFAULT_WARMUP = 500
 DEFAULT_CONCURRENCY = 64
 DEFAULT_BATCH = 100
+DEFAULT_WORKER_CONCURRENCY = 64  # tasks one corral Worker runs at once
 DEFAULT_RATE = 200.0  # tasks per second in the latency phase
 DEFAULT_LATENCY_TASKS = 1_000
 DEFAULT_DEADLINE = 120.0  # seconds one phase may take
@@ -267,7 +269,7 @@ class CelerySystem(System):
         self.spawn("worker", [*celery_argv, *flags, *quiet], {"BENCH_REDIS_URL": url})
 
     def _send(self, payload: dict[str, Any], queue: str) -> None:
-        self.app.send_task("noop", args=[payload], queue=queue)
+        self.app.send_task(TASK, args=[payload], queue=queue)
 
     async def submit(self, payload: dict[str, Any]) -> None:
         await asyncio.to_thread(self._send, payload, self.QUEUE)
@@ -374,6 +376,70 @@ class RawSystem(System):
             await self.ctx.js.delete_stream(self.stream)
 
 
+class CorralSystem(System):
+    """The scheduler service and one SDK Worker process; the bench's connection submits."""
+
+    name = "corral"
+    IDLE_CAPABILITY = "bench-idle"  # no worker offers it, so tasks that need it stay queued
+
+    async def start(self) -> None:
+        from corral.sdk.client import Client
+
+        url, prefix = self.ctx.nats_url, self.prefix
+        env = {
+            "NATS_URL": url,
+            "CORRAL_PREFIX": prefix,
+            "CORRAL_METRICS_PORT": "-1",
+            "CORRAL_LOG_LEVEL": "WARNING",
+        }
+        self.spawn("scheduler", [sys.executable, "-m", "corral.scheduler"], env)
+        concurrency = str(self.ctx.opts.worker_concurrency)
+        argv = [sys.executable, str(PROCESSES), "corral", "--nats-url", url, "--prefix", prefix]
+        self.spawn("worker", [*argv, "--concurrency", concurrency])
+        self.client = Client(self.ctx.nc, prefix=prefix)
+        self.stream = self.client.subjects.tasks_stream
+
+    async def submit(self, payload: dict[str, Any]) -> None:
+        await self.client.submit(TASK, payload)
+
+    async def submit_idle(self, items: Sequence[dict[str, Any]]) -> None:
+        async def submit(payload: dict[str, Any]) -> None:
+            await self.client.submit(TASK, payload, capabilities=[self.IDLE_CAPABILITY])
+
+        await bounded_gather(items, submit, self.ctx.opts.concurrency)
+
+    async def drained(self) -> bool:
+        return await consumers_drained(self.ctx.js, self.stream)
+
+
+class CorralBatchSystem(CorralSystem):
+    """The same processes; the client submits `--batch` tasks per `submit_many`."""
+
+    name = "corral-batch"
+
+    def _batches(self, items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        size = self.ctx.opts.batch
+        return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+    async def _submit_batches(self, items: Sequence[dict[str, Any]], capabilities: list[str]) -> None:
+        cursor = iter(self._batches(items))
+
+        async def submitter() -> None:
+            for batch in cursor:
+                tasks = [{"type": TASK, "payload": stamp(p), "capabilities": capabilities} for p in batch]
+                await self.client.submit_many(tasks)
+
+        # The same tasks in flight as the other systems: concurrency / batch batches at once.
+        in_flight = max(1, self.ctx.opts.concurrency // self.ctx.opts.batch)
+        await asyncio.gather(*(submitter() for _ in range(in_flight)))
+
+    async def submit_all(self, items: Sequence[dict[str, Any]]) -> None:
+        await self._submit_batches(items, [])
+
+    async def submit_idle(self, items: Sequence[dict[str, Any]]) -> None:
+        await self._submit_batches(items, [self.IDLE_CAPABILITY])
+
+
 # --- measuring ---------------------------------------------------------------------------------------
 
 
@@ -384,6 +450,7 @@ class Options:
     warmup: int
     concurrency: int
     batch: int
+    worker_concurrency: int
     rate: float
     latency_tasks: int
     deadline: float
@@ -549,6 +616,8 @@ SYSTEM_CLASSES: dict[str, Callable[[Context], System]] = {
     "celery": CelerySystem,
     "taskiq": TaskiqSystem,
     "raw": RawSystem,
+    "corral": CorralSystem,
+    "corral-batch": CorralBatchSystem,
 }
 
 
@@ -762,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="tasks before measuring")
     parser.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="tasks per submit_many")
+    parser.add_argument(
+        "--worker-concurrency", type=positive_int, default=DEFAULT_WORKER_CONCURRENCY, help="corral Worker"
+    )
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tasks/s in the latency phase")
     parser.add_argument("--latency-tasks", type=positive_int, default=DEFAULT_LATENCY_TASKS)
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, help="seconds per phase")
@@ -775,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=max(0, args.warmup),
         concurrency=args.concurrency,
         batch=args.batch,
+        worker_concurrency=args.worker_concurrency,
         rate=args.rate,
         latency_tasks=args.latency_tasks,
         deadline=args.deadline,
