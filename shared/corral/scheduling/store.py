@@ -1,0 +1,119 @@
+"""Reading and writing task records (KV `corral_tasks`) and results (KV `corral_results`).
+
+Writes that can wait for their acknowledgement together go through `put_async`: a JetStream
+publish on the bucket's subject, so a batch of records costs one round trip, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from corral.scheduling.messages import FINAL, Status, TaskRecord, TaskResult
+from corral.scheduling.resources import CHECKPOINT_KEY, HELD_KEY, RECORD_KEY, Buckets
+from corral.subjects import Subjects
+
+__all__ = ["TaskStore", "overlay"]
+
+_record = msgspec.json.Decoder(TaskRecord)
+_result = msgspec.json.Decoder(TaskResult)
+_encode = msgspec.json.Encoder().encode
+
+
+def overlay(record: TaskRecord, result: TaskResult | None) -> TaskRecord:
+    """The record as the result says it ended (the worker writes the result first)."""
+    if result is None or (record.status in FINAL and record.finished and record.finished >= result.finished):
+        return record
+    return msgspec.structs.replace(
+        record,
+        status=result.status,
+        result=result.result,
+        error=result.error or record.error,
+        traceback=result.traceback or record.traceback,
+        attempts=max(record.attempts, result.attempts),
+        worker=result.worker or record.worker,
+        started=result.started or record.started,
+        finished=result.finished,
+        reason=result.reason or record.reason,
+        next_attempt=None,
+    )
+
+
+class TaskStore:
+    def __init__(self, js: JetStreamContext, subjects: Subjects, buckets: Buckets) -> None:
+        self.js = js
+        self.subjects = subjects
+        self.buckets = buckets
+
+    async def _get(self, kv: Any, key: str) -> bytes | None:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        value: bytes | None = entry.value
+        return value or None
+
+    async def raw_record(self, task_id: str) -> TaskRecord | None:
+        data = await self._get(self.buckets.tasks, RECORD_KEY.format(task_id))
+        return _record.decode(data) if data else None
+
+    async def result(self, task_id: str) -> TaskResult | None:
+        data = await self._get(self.buckets.results, task_id)
+        return _result.decode(data) if data else None
+
+    async def record(self, task_id: str) -> TaskRecord | None:
+        record, result = await asyncio.gather(self.raw_record(task_id), self.result(task_id))
+        return None if record is None else overlay(record, result)
+
+    async def status(self, task_id: str) -> Status | None:
+        """How a task stands, or None when there is no such task."""
+        record = await self.record(task_id)
+        return None if record is None else record.status
+
+    def put_async(self, record: TaskRecord) -> asyncio.Future[Any]:
+        subject = f"$KV.{self.subjects.tasks_bucket}.{RECORD_KEY.format(record.id)}"
+        return asyncio.ensure_future(self._publish(subject, _encode(record)))
+
+    def put_result_async(self, result: TaskResult) -> asyncio.Future[Any]:
+        subject = f"$KV.{self.subjects.results_bucket}.{result.id}"
+        return asyncio.ensure_future(self._publish(subject, _encode(result)))
+
+    async def _publish(self, subject: str, data: bytes) -> Any:
+        future = await self.js.publish_async(subject, data)
+        return await future
+
+    async def put(self, record: TaskRecord) -> int:
+        revision: int = await self.buckets.tasks.put(RECORD_KEY.format(record.id), _encode(record))
+        return revision
+
+    async def put_result(self, result: TaskResult) -> None:
+        await self.buckets.results.put(result.id, _encode(result))
+
+    async def delete_result(self, task_id: str) -> None:
+        await self.buckets.results.purge(task_id)
+
+    async def checkpoint(self, task_id: str) -> bytes | None:
+        return await self._get(self.buckets.tasks, CHECKPOINT_KEY.format(task_id))
+
+    async def save_checkpoint(self, task_id: str, data: bytes) -> None:
+        await self.buckets.tasks.put(CHECKPOINT_KEY.format(task_id), data)
+
+    async def drop_checkpoint(self, task_id: str) -> None:
+        await self.buckets.tasks.purge(CHECKPOINT_KEY.format(task_id))
+
+    async def hold(self, task_id: str) -> None:
+        await self.buckets.tasks.put(HELD_KEY.format(task_id), b"1")
+
+    async def unhold(self, task_id: str) -> None:
+        await self.buckets.tasks.purge(HELD_KEY.format(task_id))
+
+    async def keys(self, prefix: str) -> list[str]:
+        try:
+            keys: list[str] = await self.buckets.tasks.keys(filters=[f"{prefix}.*"])
+        except nats.js.errors.NoKeysError:
+            return []
+        return [key[len(prefix) + 1 :] for key in keys]
