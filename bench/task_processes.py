@@ -26,6 +26,11 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from corral.bus import BusSettings
+from corral.runtime import ServiceSettings, run_main
+from corral.sdk.task_context import TaskContext
+from corral.sdk.worker import Worker
+
 LOG_ENV = "BENCH_TASK_LOG"
 TASK = "noop"  # the task name in every system
 RAW_DURABLE = "raw-worker"
@@ -154,11 +159,6 @@ async def serve_raw(url: str, prefix: str) -> None:
 
 def serve_corral(url: str, prefix: str, concurrency: int) -> None:
     """One corral SDK Worker process running the no-op task, `concurrency` at a time."""
-    from corral.bus import BusSettings
-    from corral.runtime import ServiceSettings
-    from corral.sdk.task_context import TaskContext
-    from corral.sdk.worker import Worker
-
     # metrics_port=-1: no HTTP endpoint; WARNING: no per-start INFO lines in the bench's logs.
     settings = ServiceSettings(
         prefix=prefix, bus=BusSettings(servers=[url]), metrics_port=-1, log_level="WARNING"
@@ -181,7 +181,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", required=True, help="subject prefix, unique per bench run")
     parser.add_argument("--concurrency", type=int, default=64, help="corral: tasks run at once")
     args = parser.parse_args(argv)
-    from corral.runtime import run_main
 
     url: str = args.nats_url
     prefix: str = args.prefix
