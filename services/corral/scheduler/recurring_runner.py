@@ -28,7 +28,6 @@ import nats.js.errors
 import psutil
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -44,8 +43,10 @@ __all__ = [
     "PsutilProbe",
     "RecurringRunner",
     "ScheduleView",
+    "TickCollector",
     "TickEvent",
     "TickSubmission",
+    "TickSubmitted",
     "recurring_from_env",
 ]
 
@@ -65,12 +66,12 @@ class TickSubmission(NamedTuple):
     idempotency_key: str
 
 
-class Submitted(NamedTuple):
+class TickSubmitted(NamedTuple):
     task_id: str
     duplicate: bool  # another replica (or an earlier attempt) submitted this tick first
 
 
-SubmitFn = Callable[[TickSubmission], Awaitable[Submitted]]
+SubmitFn = Callable[[TickSubmission], Awaitable[TickSubmitted]]
 
 
 class LoadProbe(Protocol):
@@ -134,8 +135,6 @@ class RecurringRunner(Component):
         probe: LoadProbe | None = None,
         clock: Callable[[], float] = time.time,
         refresh: float = 2.0,
-        registry: CollectorRegistry | None = None,
-        metric_prefix: str = "corral_scheduler",
     ) -> None:
         self.nc, self.js, self.subjects = nc, js, subjects
         self._submit = submit
@@ -152,8 +151,6 @@ class RecurringRunner(Component):
         self._kv: Any = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        if registry is not None:
-            registry.register(_TickCollector(metric_prefix, self))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -322,12 +319,13 @@ class RecurringRunner(Component):
             await self.nc.publish(self.subjects.event("task", "recurring", name), _encode(event))
 
 
-class _TickCollector(Collector):
-    """`<prefix>_recurring_ticks_total{schedule, outcome}`, read from the trackers at scrape time."""
+class TickCollector(Collector):
+    """`<prefix>_recurring_ticks_total{schedule, outcome}`, read from the trackers at scrape time
+    (registered once per process; `trackers` reads those of the runner of the moment)."""
 
-    def __init__(self, prefix: str, runner: RecurringRunner) -> None:
+    def __init__(self, prefix: str, trackers: Callable[[], dict[str, Tracker]]) -> None:
         self.name = f"{prefix}_recurring_ticks"
-        self.runner = runner
+        self.trackers = trackers
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
@@ -336,7 +334,7 @@ class _TickCollector(Collector):
             "(submitted, duplicate, skipped, missed, failed)",
             labels=["schedule", "outcome"],
         )
-        for name, tracker in sorted(self.runner.trackers.items()):
+        for name, tracker in sorted(self.trackers().items()):
             for outcome in Outcome:
                 family.add_metric([name, outcome.value], tracker.counts[outcome])
         yield family
