@@ -109,3 +109,33 @@ def processes(tmp_path: Path, nats_url: str, prefix: str) -> Iterator[Processes]
         yield procs
     finally:
         procs.stop()
+
+
+async def wait_until(condition: Any, timeout: float, what: str, processes: Processes | None = None) -> None:
+    """Poll `condition()` (sync or async) every 50 ms; fail naming `what` after `timeout` s."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if processes is not None:
+            processes.alive()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def scheduler_answers(nc: Any, prefix: str) -> bool:
+    """True once a scheduler answers `status`."""
+    import nats.errors
+
+    try:
+        msg = await nc.request(f"{prefix}.scheduler.status", b"", timeout=1)
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return bool(json.loads(msg.data).get("success"))

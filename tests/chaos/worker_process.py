@@ -27,18 +27,21 @@ from corral.sdk.task_context import TaskContext
 from corral.sdk.worker import Worker
 
 _fd: int | None = None
+_name = ""  # this process's worker name, on every line
 
 
 def note(event: str, ctx: TaskContext, **fields: Any) -> None:
     global _fd
     if _fd is None:
         _fd = os.open(os.environ["CHAOS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    line = {"event": event, "task": ctx.task_id, "attempt": ctx.attempt, "worker": ctx.worker, **fields}
+    line = {"event": event, "task": ctx.task_id, "attempt": ctx.attempt, "worker": _name, **fields}
     line["time"] = time.time()
     os.write(_fd, msgspec.json.encode(line) + b"\n")
 
 
 def build(name: str, concurrency: int) -> Worker:
+    global _name
+    _name = name
     worker = Worker(name, concurrency=concurrency)
 
     @worker.task("record")
