@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
 
 import msgspec
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
+from corral.bus import await_pub_ack
 from corral.errors import OverloadedError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.scheduling.messages import TaskSpec
@@ -53,14 +54,16 @@ class TaskQueue:
         """Publish every task, wait for all acknowledgements, then kick idle workers once per
         level and route. Raises OverloadedError (after removing what this batch queued) when
         the stream is full."""
-        futures: list[asyncio.Future[Any]] = []
+        acks: list[Awaitable[api.PubAck]] = []
         for index, spec in enumerate(specs):
             headers = {"Nats-Msg-Id": msg_ids[index] if msg_ids else spec.id}
             if spec.traceparent:
                 headers[TRACEPARENT_HEADER] = spec.traceparent
-            subject = self.subjects.task_queue(spec.priority, spec.route)
-            futures.append(await self.js.publish_async(subject, _encode(spec), headers=headers))
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            subject, data = self.subjects.task_queue(spec.priority, spec.route), _encode(spec)
+            # Published here, in order (FIFO within a level); a lost acknowledgement is republished.
+            future = await self.js.publish_async(subject, data, headers=headers)
+            acks.append(await_pub_ack(self.js, future, subject, data, headers=headers))
+        outcomes = await asyncio.gather(*acks, return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             accepted = [o for o in outcomes if isinstance(o, api.PubAck) and not o.duplicate]

@@ -7,12 +7,14 @@ publish on the bucket's subject, so a batch of records costs one round trip, not
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from corral.bus import await_pub_ack
 from corral.scheduling.messages import FINAL, Status, TaskRecord, TaskResult
 from corral.scheduling.resources import CHECKPOINT_KEY, HELD_KEY, RECORD_KEY, Buckets
 from corral.subjects import Subjects
@@ -83,8 +85,10 @@ class TaskStore:
         return asyncio.ensure_future(self._publish(subject, _encode(result)))
 
     async def _publish(self, subject: str, data: bytes) -> Any:
-        future = await self.js.publish_async(subject, data)
-        return await future
+        # A message id of its own, so a publish repeated after a lost acknowledgement is stored once.
+        headers = {"Nats-Msg-Id": secrets.token_hex(12)}
+        future = await self.js.publish_async(subject, data, headers=headers)
+        return await await_pub_ack(self.js, future, subject, data, headers=headers)
 
     async def put(self, record: TaskRecord) -> int:
         revision: int = await self.buckets.tasks.put(RECORD_KEY.format(record.id), _encode(record))
