@@ -15,7 +15,7 @@ from corral.scheduler.held import HeldTasks
 from corral.scheduler.queue import TaskQueue
 from corral.scheduling.graph import find_cycle
 from corral.scheduling.ids import id_for_key, new_task_id
-from corral.scheduling.messages import Backoff, Status, SubmitRequest, Submitted, TaskRecord, TaskSpec
+from corral.scheduling.messages import Backoff, Status, SubmitRequest, Submitted, TaskRecord, TaskResult, TaskSpec
 from corral.scheduling.routing import route
 from corral.scheduling.settings import SchedulerSettings
 from corral.scheduling.store import TaskStore
@@ -138,6 +138,8 @@ class Submitter:
             replies[first_of[record.id]] = Submitted(record.id, record.status)
         for record in cancelled:
             writes.append(self.store.put_async(record))
+            result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
+            writes.append(self.store.put_result_async(result))
             replies[first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
         await asyncio.gather(*writes)
         if held:

@@ -62,6 +62,7 @@ from corral.scheduling.messages import (
     TaskSpec,
     WorkerInfo,
 )
+from corral.scheduling.publisher import AsyncPublisher
 from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import worker_routes
 from corral.scheduling.settings import SchedulerSettings
@@ -205,7 +206,7 @@ class WorkerService(Service):
     async def setup(self) -> None:
         self._stopping = self._draining = False
         buckets = await ensure_resources(self.js, self.subjects, self.sched)
-        self._store = TaskStore(self.js, self.subjects, buckets)
+        self._store = TaskStore(self.js, self.subjects, buckets, AsyncPublisher(self.nc))
         self._puller = Puller(self.nc, self.js, self.subjects, self.sched, self.worker.routes, self._orphan)
         await self._puller.start()
         self._subs = [await self.nc.subscribe(self.subjects.task_events_of("cancelled"), cb=self._on_cancel)]
@@ -241,8 +242,6 @@ class WorkerService(Service):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await self.puller.stop()
-        with contextlib.suppress(Exception):
-            await self.js.publish_async_completed()
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -560,7 +559,7 @@ class _Attempt:
         await service.js.publish(
             service.subjects.dead_letter(spec.id),
             _encode(letter),
-            headers={"Nats-Msg-Id": f"{spec.id}.dlq.{self.attempt}"},
+            headers={"Nats-Msg-Id": f"{spec.id}.dlq.{self.seq}.{self.attempt}"},
         )
         now = time.time()
         result = TaskResult(
