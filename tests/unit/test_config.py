@@ -60,7 +60,7 @@ def test_the_repo_corral_toml_loads() -> None:
     assert interpreter.required is True
     assert interpreter.startup_timeout == 30.0
     assert config.module_argv("interpreter") == [sys.executable, str(REPO / "examples/modules/interpreter")]
-    assert start_layers(config.modules) == [["compiler", "interpreter", "organism", "physics"]]
+    assert start_layers(config.modules) == [["compiler", "demo", "interpreter", "organism", "physics"]]
 
 
 def test_an_empty_file_is_all_defaults(tmp_path: Path) -> None:

@@ -82,7 +82,9 @@ class AsyncPublisher:
         else:
             future.set_result(Ack(reply.stream, reply.seq, reply.duplicate))
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> asyncio.Future[Ack]:
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Ack]:
         """Send now; the returned future holds the acknowledgement (TimeoutError after `timeout`)."""
         if self._sub is None:
             await self._start()
@@ -96,7 +98,7 @@ class AsyncPublisher:
         """Every acknowledgement (or its error), within `timeout` for the lot."""
         if not futures:
             return []
-        done, pending = await asyncio.wait(futures, timeout=self.timeout)
+        _done, pending = await asyncio.wait(futures, timeout=self.timeout)
         outcomes: list[Ack | BaseException] = []
         for future in futures:
             if future in pending:

@@ -13,8 +13,8 @@ import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from corral.scheduling.publisher import Ack, AsyncPublisher
 from corral.scheduling.messages import FINAL, Status, TaskRecord, TaskResult
+from corral.scheduling.publisher import Ack, AsyncPublisher
 from corral.scheduling.resources import CHECKPOINT_KEY, HELD_KEY, RECORD_KEY, Buckets
 from corral.subjects import Subjects
 
@@ -45,7 +45,9 @@ def overlay(record: TaskRecord, result: TaskResult | None) -> TaskRecord:
 
 
 class TaskStore:
-    def __init__(self, js: JetStreamContext, subjects: Subjects, buckets: Buckets, publisher: AsyncPublisher) -> None:
+    def __init__(
+        self, js: JetStreamContext, subjects: Subjects, buckets: Buckets, publisher: AsyncPublisher
+    ) -> None:
         self.js = js
         self.subjects = subjects
         self.buckets = buckets

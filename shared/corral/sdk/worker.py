@@ -188,6 +188,7 @@ class WorkerService(Service):
         self._stopping = False
         self._draining = False
         self._loops: list[asyncio.Task[None]] = []
+        self._naks: set[asyncio.Future[None]] = set()
         self._puller: Puller | None = None
         self._store: TaskStore | None = None
         self._subs: list[Any] = []
@@ -310,7 +311,9 @@ class WorkerService(Service):
         if not self._stopping and len(self.running) < self.concurrency:
             self._start(msg)
         else:
-            asyncio.ensure_future(msg.nak())
+            task = asyncio.ensure_future(msg.nak())
+            self._naks.add(task)
+            task.add_done_callback(self._naks.discard)
 
     async def _on_cancel(self, msg: Msg) -> None:
         task_id = msg.subject.split(".")[-2]
