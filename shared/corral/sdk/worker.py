@@ -335,8 +335,10 @@ class WorkerService(Service):
     async def _execute(self, msg: Msg, key: str) -> None:
         try:
             await self._run(msg, key)
-        except Exception as exc:
+        except Exception as exc:  # a fault of the worker, not the task: let it be tried again soon
             log.error("task message %s could not be handled: %r", key, exc, exc_info=exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
         finally:
             running = self.running.pop(key, None)
             if running is not None and self._by_id.get(running.task_id) is running:
@@ -470,7 +472,7 @@ class _Attempt:
                     if handler.payload_type is Any
                     else msgspec.convert(spec.payload, handler.payload_type)
                 )
-            except msgspec.ValidationError as exc:
+            except Exception as exc:
                 # A payload the handler cannot take fails the same way every time: no retries.
                 await self.dead_letter(f"invalid payload for task type {spec.type!r}: {exc}", "")
                 return
