@@ -574,3 +574,22 @@ async def test_status_counts_queued_tasks_by_priority(
     assert status["max_queued"] == FAST.max_queued
     reply = await call(nc, prefix, "workers")
     assert reply["payload"]["workers"] == []
+
+
+async def test_stopping_a_worker_lets_running_tasks_finish_and_hands_back_the_rest(
+    client: Client, settings: ServiceSettings
+) -> None:
+    rec = Recorder()
+    short = msgspec.structs.replace(settings, drain_timeout=0.5)
+    worker = make_worker(short, rec, concurrency=2)
+    await worker.start()
+    quick = await client.submit("slow", {"seconds": 0.3})
+    stuck = await client.submit("block", {})
+    await asyncio.wait_for(rec.started.wait(), 5)
+    await asyncio.sleep(0.05)
+    await worker.stop()  # drains: `quick` finishes, `stuck` is NAKed back at the drain timeout
+    assert (await quick.record()).status == "succeeded"
+    assert (await stuck.record()).status != "succeeded"
+    rec.gate.set()
+    async with make_worker(settings, rec):
+        assert await stuck.result(timeout=3) == "unblocked"  # at once, not after ack_wait
