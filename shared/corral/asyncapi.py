@@ -35,8 +35,8 @@ def channels() -> list[Channel]:
     # Imported here: the services import corral's shared modules, not the other way round.
     from corral.orchestrator.breakers import BreakerEvent
     from corral.orchestrator.service import BreakerReset, Subscribe
-    from corral.state import messages as state
     from corral.scheduling import messages as sched
+    from corral.state import messages as state
     from corral.state.changes import Change
 
     verbs = [

@@ -593,3 +593,42 @@ async def test_stopping_a_worker_lets_running_tasks_finish_and_hands_back_the_re
     rec.gate.set()
     async with make_worker(settings, rec):
         assert await stuck.result(timeout=3) == "unblocked"  # at once, not after ack_wait
+
+
+async def test_a_lost_worker_s_task_is_redelivered_after_its_lease_with_its_checkpoint(
+    client: Client, settings: ServiceSettings
+) -> None:
+    alone = msgspec.structs.replace(settings, instance="lost-1", metrics_port=-1)
+    lost = Worker("lost", settings=alone, scheduler=FAST)
+    resumed: list[Any] = []
+
+    @lost.task("long")
+    async def long_lost(ctx: TaskContext, payload: Any) -> None:
+        await ctx.checkpoint({"done": 7})
+        await asyncio.Event().wait()  # never returns: its process is about to vanish
+
+    await lost.start()
+    handle = await client.submit("long", {})
+    await wait_for(lambda: bool(lost.running.running), 5)
+    await asyncio.sleep(0.1)
+    # The worker vanishes without a word (as under kill -9): its connection just closes.
+    gone = lost.running
+    for loop_task in [*gone._loops, gone._heartbeat_task]:
+        assert loop_task is not None
+        loop_task.cancel()
+    await gone.nc.close()
+    survivor = Worker(
+        "survivor", settings=msgspec.structs.replace(settings, instance="survivor-1"), scheduler=FAST
+    )
+
+    @survivor.task("long")
+    async def long_resumed(ctx: TaskContext, payload: Any) -> Any:
+        resumed.append((ctx.attempt, ctx.resume_state))
+        return ctx.resume_state
+
+    async with survivor:
+        assert await handle.result(timeout=FAST.ack_wait + 5) == {"done": 7}
+    for running in list(gone.running.values()):
+        running.task.cancel()
+    assert resumed == [(2, {"done": 7})]
+    assert (await handle.record()).worker == "survivor-1"
