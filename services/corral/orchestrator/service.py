@@ -23,6 +23,7 @@ from corral.errors import NotFoundError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.router import CallRouter
 from corral.orchestrator.subscriptions import Subscriptions
@@ -60,9 +61,11 @@ class OrchestratorService(Service):
         policies: dict[str, CallPolicy] | None = None,
         default_policy: CallPolicy | None = None,
         call_timeout: float | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         """`policies` per module and `default_policy` for the rest; `call_timeout` is a shortcut
-        for a default policy with that timeout."""
+        for a default policy with that timeout. `lease_ttl` (default `CORRAL_LEASE_TTL` or 6 s)
+        is how long the leader's lease lasts unrenewed."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
@@ -76,8 +79,15 @@ class OrchestratorService(Service):
         self.board: BreakerBoard | None = None
         self.subscriptions = Subscriptions()
         self.gate: ReadinessGate | None = None
+        self.lease_ttl = lease_ttl or float(os.environ.get("CORRAL_LEASE_TTL") or DEFAULT_TTL)
+        self.leadership: Leadership | None = None
 
     async def setup(self) -> None:
+        # Unique per process, like the breaker replica id, so `leader` names one replica.
+        self.leadership = Leadership(
+            self.js, self.subjects, f"{self.instance}-{uuid.uuid4().hex[:6]}", ttl=self.lease_ttl
+        )
+        await self.leadership.start()
         self.board = BreakerBoard(
             self.js,
             self.subjects,
@@ -111,6 +121,8 @@ class OrchestratorService(Service):
         self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
 
     async def teardown(self) -> None:
+        if self.leadership is not None:
+            await self.leadership.stop()
         if self.gate is not None:
             await self.gate.stop()
         await self.subscriptions.stop()
@@ -122,6 +134,7 @@ class OrchestratorService(Service):
             **self.identity(),
             **(await self._stats(None, ctx)),
             "waiting_for_dependencies": self.gate.snapshot() if self.gate else {},
+            "leadership": self.leadership.snapshot() if self.leadership else None,
         }
 
     async def _stats(self, _: None, ctx: RequestContext) -> dict[str, Any]:
