@@ -12,6 +12,7 @@ from typing import Any
 
 from corral.bus import BusSettings
 from corral.cli import calls, commands
+from corral.cli import config_cmd as config_cli
 from corral.cli import events as events_cli
 from corral.cli import state as state_cli
 from corral.cli.up import run_up
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("module")
     state_cli.add_parser(sub)
     events_cli.add_parser(sub)
+    config_cli.add_parser(sub)
     return parser
 
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(events_cli.run(args, bus, prefix))
         elif args.command == "state":
             code = _run(state_cli.run(args, bus, prefix))
+        elif args.command == "config":
+            code = _run(config_cli.run(args, bus, prefix))
         else:
             code = _run(commands.status(bus, prefix))
     except ConfigError as exc:
