@@ -56,10 +56,11 @@ def check_config(schema: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """Every problem of `values` against `schema`; empty when it conforms."""
     problems = unknown_fields(schema, values)
     try:
-        validator = Draft202012Validator(schema)
-        errors = sorted(validator.iter_errors(values), key=lambda e: [str(p) for p in e.absolute_path])
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        return [f"the module's recorded config schema is not a valid JSON Schema: {exc.message}"]
+        return [f"the module's recorded config schema is not valid JSON Schema: {exc.message}"]
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(values), key=lambda e: [str(p) for p in e.absolute_path])
     for error in errors:
         if error.validator == "additionalProperties" and not error.absolute_path and problems:
             continue  # already named field by field above
