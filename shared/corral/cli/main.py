@@ -15,6 +15,7 @@ from corral.cli import calls, commands
 from corral.cli import config_cmd as config_cli
 from corral.cli import events as events_cli
 from corral.cli import state as state_cli
+from corral.cli import tasks as tasks_cli
 from corral.cli.up import run_up
 from corral.config import load_config
 from corral.errors import ConfigError
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     state_cli.add_parser(sub)
     events_cli.add_parser(sub)
     config_cli.add_parser(sub)
+    tasks_cli.add_parsers(sub)
     return parser
 
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(state_cli.run(args, bus, prefix))
         elif args.command == "config":
             code = _run(config_cli.run(args, bus, prefix))
+        elif args.command in tasks_cli.COMMANDS:
+            code = _run(tasks_cli.run(args, bus, prefix))
         else:
             code = _run(commands.status(bus, prefix))
     except ConfigError as exc:
