@@ -38,8 +38,8 @@ def channels() -> list[Channel]:
     from corral.orchestrator.config_rollout import ConfigChange, ConfigGet, ConfigRollback, ConfigSet
     from corral.orchestrator.leader import LeaderEvent
     from corral.orchestrator.service import BreakerReset, Subscribe
-    from corral.state import messages as state
     from corral.scheduling import messages as sched
+    from corral.state import messages as state
     from corral.state.changes import Change
 
     verbs = [
