@@ -33,7 +33,10 @@ class Channel:
 
 def channels() -> list[Channel]:
     # Imported here: the services import corral's shared modules, not the other way round.
+    from corral.live_config import ConfigSchema
     from corral.orchestrator.breakers import BreakerEvent
+    from corral.orchestrator.config_rollout import ConfigChange, ConfigGet, ConfigRollback, ConfigSet
+    from corral.orchestrator.leader import LeaderEvent
     from corral.orchestrator.service import BreakerReset, Subscribe
     from corral.scheduling import messages as sched
     from corral.state import messages as state
@@ -145,6 +148,22 @@ def channels() -> list[Channel]:
             "subscribe", "{prefix}.orchestrator.subscribe", "Lease routed messages of a type.", Subscribe
         ),
         *(Channel(op, f"{{prefix}}.state.{verb}", text, struct) for op, verb, struct, text in verbs),
+        *(
+            Channel(f"config_{verb}", f"{{prefix}}.orchestrator.config.{verb}", text, struct)
+            for verb, struct, text in (
+                ("get", ConfigGet, "A module's stored config, schema and instances."),
+                ("set", ConfigSet, "Validate, apply in every running instance, then store a config."),
+                ("history", ConfigGet, "The kept versions of a module's config."),
+                ("rollback", ConfigRollback, "Apply and store an earlier version again."),
+            )
+        ),
+        Channel(
+            "module_config_schema",
+            "{prefix}.modctl.{module}.schema",
+            "One reply per instance: its config JSON Schema.",
+            None,
+            ConfigSchema,
+        ),
         Channel(
             "heartbeat",
             "{prefix}.hb.{service}.{instance}",
@@ -163,6 +182,22 @@ def channels() -> list[Channel]:
         ),
         Channel(
             "state_changed", "{prefix}.evt.state.changed", "Every state change.", Change, None, "publish"
+        ),
+        Channel(
+            "config_event",
+            "{prefix}.evt.config.{module}",
+            "A committed config change.",
+            ConfigChange,
+            None,
+            "publish",
+        ),
+        Channel(
+            "leader_event",
+            "{prefix}.evt.lifecycle.leader.{lease}",
+            "A replica gained or lost a lease.",
+            LeaderEvent,
+            None,
+            "publish",
         ),
         Channel(
             "message_event",
