@@ -38,7 +38,6 @@ __all__ = [
     "ConsumerSpec",
     "KVSpec",
     "StreamSpec",
-    "await_pub_ack",
     "connect",
     "ensure_consumer",
     "ensure_kv",
@@ -331,36 +330,3 @@ async def publish_durable(
             log.info("publish to %s not acknowledged (%r); retrying with the same message id", subject, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-
-
-async def await_pub_ack(
-    js: JetStreamContext,
-    future: asyncio.Future[api.PubAck],
-    subject: str,
-    data: bytes,
-    *,
-    headers: dict[str, str],
-    timeout: float = 5.0,
-    deadline: float = 30.0,
-) -> api.PubAck:
-    """Wait for the acknowledgement of a `js.publish_async`, publishing again (with the same
-    headers, so the same `Nats-Msg-Id`) each time `timeout` passes without one.
-
-    nats-py never resolves the future of a publish the server lost (killed before it stored or
-    acknowledged it): waiting on it alone hangs forever and holds one of the client's pending
-    publish slots. With a message id, a copy the server had stored is dropped as a duplicate.
-    """
-    assert "Nats-Msg-Id" in headers, "a republish without a message id could store the message twice"
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    while True:
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError as exc:
-            if loop.time() + timeout > give_up:
-                raise TimeoutError(
-                    f"JetStream did not acknowledge {subject} (Nats-Msg-Id {headers['Nats-Msg-Id']}) "
-                    f"within {deadline}s"
-                ) from exc
-            log.info("publish to %s not acknowledged within %ss; publishing it again", subject, timeout)
-        future = await js.publish_async(subject, data, headers=headers)

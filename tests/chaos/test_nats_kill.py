@@ -67,22 +67,10 @@ async def test_every_acknowledged_task_runs_across_a_nats_server_kill(
         def ran() -> set[str]:
             return {r["task"] for r in processes.runs("record")}
 
-        try:
-            await wait_until(lambda: acknowledged <= ran(), 30, "every acknowledged task to run", processes)
-        except AssertionError:
-            missing = sorted(acknowledged - ran())
-            print("DIAG missing", len(missing), "ran", len(ran()), "acked", len(acknowledged))
-            js = nc.jetstream()
-            info = await js.stream_info(client.subjects.tasks_stream)
-            print("DIAG stream", info.state)
-            for c in await js.consumers_info(client.subjects.tasks_stream):
-                print("DIAG consumer", c.name, c.num_pending, c.num_ack_pending, c.num_redelivered, c.delivered, c.ack_floor)
-            for task_id in missing[:3]:
-                r = await nc.request(f"{prefix}.scheduler.get", f'{{"id":"{task_id}"}}'.encode(), timeout=5)
-                print("DIAG record", r.data[:600])
-            for name in ("scheduler", "w1", "w2"):
-                print("DIAG log", name, processes.output(name)[-3000:])
-            raise
+        await wait_until(lambda: acknowledged <= ran(), 60, "every acknowledged task to run", processes)
+        # None stuck: every worker slot is free again (a task whose acknowledgement was lost
+        # with the server must not stay "running" on its worker).
+        await wait_until(lambda: workers_idle(nc, prefix), 30, "both workers to be idle", processes)
     finally:
         processes.stop()
         await nc.close()
@@ -93,10 +81,13 @@ async def test_every_acknowledged_task_runs_across_a_nats_server_kill(
     assert len({r["payload"]["n"] for r in runs}) == TASKS
     # Both workers and the scheduler reconnected by themselves: work was done after the restart.
     after = {r["worker"] for r in runs if r["time"] > killed_at + 1.0}
-    if after != {"w1", "w2"}:
-        for name in ("scheduler", "w1", "w2"):
-            print("DIAG log", name, processes.output(name)[-4000:])
-        last = {w: max(r["time"] for r in runs if r["worker"] == w) - killed_at for w in ("w1", "w2")}
-        print("DIAG last run after kill", last, "counts", {w: sum(r["worker"] == w for r in runs) for w in ("w1", "w2")})
     assert after == {"w1", "w2"}
-    print(f"duplicates: {len(runs) - TASKS}, failed submission attempts: {failed_attempts}")
+    print(f"runs beyond one per task: {len(runs) - TASKS}, failed submission attempts: {failed_attempts}")
+
+
+async def workers_idle(nc: object, prefix: str) -> bool:
+    import json
+
+    msg = await nc.request(f"{prefix}.scheduler.workers", b"", timeout=5)  # type: ignore[attr-defined]
+    workers = json.loads(msg.data)["payload"]["workers"]
+    return len(workers) == 2 and all(w["running"] == 0 for w in workers)

@@ -50,7 +50,8 @@ class DeadLetters:
             raw = await self.js.get_last_msg(self.stream, self.subjects.dead_letter(task_id))
         except nats.js.errors.NotFoundError:
             raise NotFoundError(
-                f"task {task_id!r} is not in the dead-letter queue ({self.stream}); `corral dlq list` shows it"
+                f"task {task_id!r} is not in the dead-letter queue ({self.stream}); "
+                "`corral dlq list` shows what is"
             ) from None
         letter = _decode(raw.data or b"{}")
         letter.seq = int(raw.seq or 0)

@@ -114,8 +114,8 @@ class Monitor:
                 )
             )
         self.consumers = states
-        info = await self.js.stream_info(self.stream)
-        self.depth = int(info.state.messages)
+        stream = await self.js.stream_info(self.stream)
+        self.depth = int(stream.state.messages)
         self.checked = time.time()
 
     async def start(self) -> None:

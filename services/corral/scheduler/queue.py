@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-
 import msgspec
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
-from corral.bus import await_pub_ack
 from corral.errors import OverloadedError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.scheduling.messages import TaskSpec
+from corral.scheduling.publisher import Ack, AsyncPublisher, PublishRefused
 from corral.scheduling.settings import SchedulerSettings
 from corral.subjects import Subjects
 
@@ -27,10 +23,16 @@ _FULL_CODES = {MAX_MESSAGES_EXCEEDED, 10027, 10047, 10028}
 
 class TaskQueue:
     def __init__(
-        self, nc: Client, js: JetStreamContext, subjects: Subjects, settings: SchedulerSettings
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        subjects: Subjects,
+        settings: SchedulerSettings,
+        publisher: AsyncPublisher,
     ) -> None:
         self.nc = nc
         self.js = js
+        self.publisher = publisher
         self.subjects = subjects
         self.settings = settings
 
@@ -50,31 +52,29 @@ class TaskQueue:
         if depth + count > self.settings.max_queued:
             raise self.overloaded(depth)
 
-    async def enqueue(self, specs: list[TaskSpec], *, msg_ids: list[str] | None = None) -> list[api.PubAck]:
+    async def enqueue(self, specs: list[TaskSpec], *, msg_ids: list[str] | None = None) -> list[Ack]:
         """Publish every task, wait for all acknowledgements, then kick idle workers once per
         level and route. Raises OverloadedError (after removing what this batch queued) when
         the stream is full."""
-        acks: list[Awaitable[api.PubAck]] = []
+        futures = []
         for index, spec in enumerate(specs):
             headers = {"Nats-Msg-Id": msg_ids[index] if msg_ids else spec.id}
             if spec.traceparent:
                 headers[TRACEPARENT_HEADER] = spec.traceparent
-            subject, data = self.subjects.task_queue(spec.priority, spec.route), _encode(spec)
-            # Published here, in order (FIFO within a level); a lost acknowledgement is republished.
-            future = await self.js.publish_async(subject, data, headers=headers)
-            acks.append(await_pub_ack(self.js, future, subject, data, headers=headers))
-        outcomes = await asyncio.gather(*acks, return_exceptions=True)
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            accepted = [o for o in outcomes if isinstance(o, api.PubAck) and not o.duplicate]
-            for ack in accepted:
-                await self.js.delete_msg(self.subjects.tasks_stream, ack.seq)
-            first = failures[0]
-            if isinstance(first, nats.js.errors.APIError) and first.err_code in _FULL_CODES:
+            subject = self.subjects.task_queue(spec.priority, spec.route)
+            futures.append(await self.publisher.publish(subject, _encode(spec), headers))
+        outcomes = await self.publisher.wait(futures)
+        acks = [o for o in outcomes if isinstance(o, Ack)]
+        if len(acks) < len(outcomes):
+            for ack in acks:
+                if not ack.duplicate:
+                    await self.js.delete_msg(self.subjects.tasks_stream, ack.seq)
+            first = next(o for o in outcomes if not isinstance(o, Ack))
+            if isinstance(first, PublishRefused) and first.err_code in _FULL_CODES:
                 raise self.overloaded(await self.depth())
             raise first
         await self.kick({(spec.priority, spec.route) for spec in specs})
-        return [o for o in outcomes if isinstance(o, api.PubAck)]
+        return acks
 
     async def kick(self, queues: set[tuple[int, str]]) -> None:
         for priority, route in queues:

@@ -58,6 +58,7 @@ from corral.scheduling.messages import (
     TaskRecord,
     TaskResult,
 )
+from corral.scheduling.publisher import AsyncPublisher
 from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import LEVELS
 from corral.scheduling.settings import SchedulerSettings
@@ -137,8 +138,9 @@ class SchedulerService(Service):
         s, subjects = self.scheduler_settings, self.subjects
         await ensure_stream(self.js, events_stream_spec(subjects))
         buckets = await ensure_resources(self.js, subjects, s)
-        self._store = TaskStore(self.js, subjects, buckets)
-        self._queue = TaskQueue(self.nc, self.js, subjects, s)
+        publisher = AsyncPublisher(self.nc)
+        self._store = TaskStore(self.js, subjects, buckets, publisher)
+        self._queue = TaskQueue(self.nc, self.js, subjects, s, publisher)
         self._held = HeldTasks(
             self._release, self._cancel_held, self.store.status, interval=min(2.0, s.monitor_interval)
         )

@@ -7,15 +7,14 @@ publish on the bucket's subject, so a batch of records costs one round trip, not
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from corral.bus import await_pub_ack
 from corral.scheduling.messages import FINAL, Status, TaskRecord, TaskResult
+from corral.scheduling.publisher import Ack, AsyncPublisher
 from corral.scheduling.resources import CHECKPOINT_KEY, HELD_KEY, RECORD_KEY, Buckets
 from corral.subjects import Subjects
 
@@ -46,10 +45,13 @@ def overlay(record: TaskRecord, result: TaskResult | None) -> TaskRecord:
 
 
 class TaskStore:
-    def __init__(self, js: JetStreamContext, subjects: Subjects, buckets: Buckets) -> None:
+    def __init__(
+        self, js: JetStreamContext, subjects: Subjects, buckets: Buckets, publisher: AsyncPublisher
+    ) -> None:
         self.js = js
         self.subjects = subjects
         self.buckets = buckets
+        self.publisher = publisher
 
     async def _get(self, kv: Any, key: str) -> bytes | None:
         try:
@@ -84,11 +86,9 @@ class TaskStore:
         subject = f"$KV.{self.subjects.results_bucket}.{result.id}"
         return asyncio.ensure_future(self._publish(subject, _encode(result)))
 
-    async def _publish(self, subject: str, data: bytes) -> Any:
-        # A message id of its own, so a publish repeated after a lost acknowledgement is stored once.
-        headers = {"Nats-Msg-Id": secrets.token_hex(12)}
-        future = await self.js.publish_async(subject, data, headers=headers)
-        return await await_pub_ack(self.js, future, subject, data, headers=headers)
+    async def _publish(self, subject: str, data: bytes) -> Ack:
+        future = await self.publisher.publish(subject, data)
+        return await asyncio.wait_for(future, self.publisher.timeout)
 
     async def put(self, record: TaskRecord) -> int:
         revision: int = await self.buckets.tasks.put(RECORD_KEY.format(record.id), _encode(record))
@@ -116,8 +116,15 @@ class TaskStore:
         await self.buckets.tasks.purge(HELD_KEY.format(task_id))
 
     async def keys(self, prefix: str) -> list[str]:
+        """The ids under `prefix.` (`task`, `held`), read with a server-side subject filter
+        (nats-py's `keys(filters=...)` reads every key and matches substrings)."""
+        watcher = await self.buckets.tasks.watch(f"{prefix}.*", ignore_deletes=True, meta_only=True)
+        ids: list[str] = []
         try:
-            keys: list[str] = await self.buckets.tasks.keys(filters=[f"{prefix}.*"])
-        except nats.js.errors.NoKeysError:
-            return []
-        return [key[len(prefix) + 1 :] for key in keys]
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                ids.append(entry.key[len(prefix) + 1 :])
+        finally:
+            await watcher.stop()
+        return ids

@@ -62,6 +62,7 @@ from corral.scheduling.messages import (
     TaskSpec,
     WorkerInfo,
 )
+from corral.scheduling.publisher import AsyncPublisher
 from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import worker_routes
 from corral.scheduling.settings import SchedulerSettings
@@ -187,6 +188,7 @@ class WorkerService(Service):
         self._stopping = False
         self._draining = False
         self._loops: list[asyncio.Task[None]] = []
+        self._naks: set[asyncio.Future[None]] = set()
         self._puller: Puller | None = None
         self._store: TaskStore | None = None
         self._subs: list[Any] = []
@@ -205,7 +207,7 @@ class WorkerService(Service):
     async def setup(self) -> None:
         self._stopping = self._draining = False
         buckets = await ensure_resources(self.js, self.subjects, self.sched)
-        self._store = TaskStore(self.js, self.subjects, buckets)
+        self._store = TaskStore(self.js, self.subjects, buckets, AsyncPublisher(self.nc))
         self._puller = Puller(self.nc, self.js, self.subjects, self.sched, self.worker.routes, self._orphan)
         await self._puller.start()
         self._subs = [await self.nc.subscribe(self.subjects.task_events_of("cancelled"), cb=self._on_cancel)]
@@ -241,8 +243,6 @@ class WorkerService(Service):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await self.puller.stop()
-        with contextlib.suppress(Exception):
-            await self.js.publish_async_completed()
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -311,7 +311,9 @@ class WorkerService(Service):
         if not self._stopping and len(self.running) < self.concurrency:
             self._start(msg)
         else:
-            asyncio.ensure_future(msg.nak())
+            task = asyncio.ensure_future(msg.nak())
+            self._naks.add(task)
+            task.add_done_callback(self._naks.discard)
 
     async def _on_cancel(self, msg: Msg) -> None:
         task_id = msg.subject.split(".")[-2]
@@ -333,8 +335,10 @@ class WorkerService(Service):
     async def _execute(self, msg: Msg, key: str) -> None:
         try:
             await self._run(msg, key)
-        except Exception as exc:
+        except Exception as exc:  # a fault of the worker, not the task: let it be tried again soon
             log.error("task message %s could not be handled: %r", key, exc, exc_info=exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
         finally:
             running = self.running.pop(key, None)
             if running is not None and self._by_id.get(running.task_id) is running:
@@ -468,7 +472,7 @@ class _Attempt:
                     if handler.payload_type is Any
                     else msgspec.convert(spec.payload, handler.payload_type)
                 )
-            except msgspec.ValidationError as exc:
+            except Exception as exc:
                 # A payload the handler cannot take fails the same way every time: no retries.
                 await self.dead_letter(f"invalid payload for task type {spec.type!r}: {exc}", "")
                 return
@@ -560,7 +564,7 @@ class _Attempt:
         await service.js.publish(
             service.subjects.dead_letter(spec.id),
             _encode(letter),
-            headers={"Nats-Msg-Id": f"{spec.id}.dlq.{self.attempt}"},
+            headers={"Nats-Msg-Id": f"{spec.id}.dlq.{self.seq}.{self.attempt}"},
         )
         now = time.time()
         result = TaskResult(
