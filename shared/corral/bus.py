@@ -44,6 +44,7 @@ __all__ = [
     "ensure_stream",
     "events_stream_spec",
     "publish_durable",
+    "round_trip",
 ]
 
 log = logging.getLogger("corral.bus")
@@ -330,3 +331,16 @@ async def publish_durable(
             log.info("publish to %s not acknowledged (%r); retrying with the same message id", subject, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def round_trip(nc: Client, timeout: int = 10) -> None:
+    """Return once the server has processed every command sent on `nc` before this call.
+
+    nats-py 2.16's `flush()` writes its PING straight to the socket, ahead of commands still
+    queued for its flusher task (such as the SUB of a subscription just made), so its PONG can
+    come back before the server has that SUB, and a request sent at once gets "no responders".
+    By the time the first PONG is back the flusher has written its queue, so a second PING cannot
+    overtake anything sent before this call.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)
