@@ -121,15 +121,14 @@ async def test_api_schedules_are_stored_shared_by_replicas_and_removed(
     nc: Client, settings: ServiceSettings, prefix: str, beats: Counter[str]
 ) -> None:
     configured = {"from-toml": every_second(enabled=False)}
-    async with replica(settings, "a", configured), replica(settings, "b", configured) as b:
+    async with replica(settings, "a", configured) as a, replica(settings, "b", configured) as b:
         added = await ok(nc, prefix, "recurring.add", {"name": "pulse", "type": "beat", "every": "1s"})
         assert added["replaced"] is False
         assert added["schedule"]["source"] == "api"
         assert added["schedule"]["schedule"]["every"] == 1.0
-        runner = b.recurring
-        assert runner is not None
-        # The other replica reads the bucket within its refresh period, then submits too.
-        await until(lambda: "pulse" in runner.trackers, 5, "replica b to pick up the schedule")
+        runners = [r for r in (a.recurring, b.recurring) if r is not None]
+        # The replica that did not store it reads the bucket within its refresh period.
+        await until(lambda: all("pulse" in r.trackers for r in runners), 5, "both replicas to track it")
         await until(lambda: len(beats) >= 2, 10, "two pulse tasks to run")
         assert all(count == 1 for count in beats.values())
 
@@ -137,12 +136,13 @@ async def test_api_schedules_are_stored_shared_by_replicas_and_removed(
             nc, prefix, "recurring.add", {"name": "from-toml", "type": "beat", "every": 5}, "CONFLICT"
         )
         assert "defined in corral.toml ([scheduler.recurring.from-toml])" in conflict
-        names = [s["name"] for s in (await ok(nc, prefix, "recurring.list"))["schedules"]]
+        listing = await ok(nc, prefix, "recurring.list")
+        names = [s["name"] for s in listing["schedules"]]
         assert names == ["from-toml", "pulse"]
 
         removed = await ok(nc, prefix, "recurring.remove", {"name": "pulse"})
         assert removed == {"name": "pulse", "removed": True}
-        await until(lambda: "pulse" not in runner.trackers, 5, "replica b to drop the schedule")
+        await until(lambda: all("pulse" not in r.trackers for r in runners), 5, "both replicas to drop it")
         missing = await fails(nc, prefix, "recurring.remove", {"name": "pulse"}, "NOT_FOUND")
         assert missing == "no recurring task named 'pulse': see recurring.list"
 

@@ -57,7 +57,7 @@ def register_recurring_endpoints(service: Service, runner: RecurringRunner) -> N
         return AddReply(schedule=view, replaced=replaced)
 
     async def list_(_: None, ctx: RequestContext) -> ListReply:
-        return ListReply(schedules=runner.views())
+        return ListReply(schedules=await runner.views())
 
     async def remove(request: RecurringName, ctx: RequestContext) -> RemoveReply:
         await runner.remove(request.name)

@@ -172,31 +172,36 @@ class RecurringRunner(Component):
 
     async def add(self, name: str, config: RecurringConfig) -> tuple[ScheduleView, bool]:
         """Store an API schedule (replacing one of the same name); returns (view, replaced)."""
-        if name in self.configured:
-            raise ConflictError(
-                f"recurring task {name!r} is defined in corral.toml ([scheduler.recurring.{name}]); "
-                "change it there, or add this one under another name"
-            )
-        replaced = name in self._stored
+        self._refuse_configured(name, "change it there, or add this one under another name")
+        replaced = await self._stored_entry(name) is not None
         await self._kv.put(name, _encode(config))
         await self._reload(force=True)
         return self._view(name), replaced
 
     async def remove(self, name: str) -> None:
-        if name in self.configured:
-            raise ConflictError(
-                f"recurring task {name!r} is defined in corral.toml ([scheduler.recurring.{name}]); "
-                "remove it there"
-            )
-        if name not in self._stored:
-            await self._reload(force=True)  # another replica may have added it a moment ago
-            if name not in self._stored:
-                raise NotFoundError(f"no recurring task named {name!r}: see recurring.list")
+        self._refuse_configured(name, "remove it there")
+        if await self._stored_entry(name) is None:
+            raise NotFoundError(f"no recurring task named {name!r}: see recurring.list")
         await self._kv.delete(name)
         await self._reload(force=True)
 
-    def views(self) -> list[ScheduleView]:
+    async def views(self) -> list[ScheduleView]:
+        """Every schedule, as stored now (whichever replica changed them last)."""
+        await self._reload()
         return [self._view(name) for name in sorted(self._schedules())]
+
+    def _refuse_configured(self, name: str, advice: str) -> None:
+        if name in self.configured:
+            raise ConflictError(
+                f"recurring task {name!r} is defined in corral.toml ([scheduler.recurring.{name}]); {advice}"
+            )
+
+    async def _stored_entry(self, name: str) -> Any:
+        """The bucket's entry for `name`, or None: the bucket, not this replica's copy, decides."""
+        try:
+            return await self._kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            return None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -221,21 +226,23 @@ class RecurringRunner(Component):
         )
 
     async def _reload(self, force: bool = False) -> None:
-        """Read the API schedules when the bucket changed; keep trackers of unchanged schedules."""
-        info = await self.js.stream_info(f"KV_{self.subjects.recurring_bucket}")
+        """Read the API schedules when the bucket changed; keep trackers of unchanged schedules.
+
+        The keys come from the stream's subjects (one STREAM.INFO), not from nats-py's
+        `kv.keys()`, whose watcher can report no keys for a key written a moment before.
+        """
+        bucket = self.subjects.recurring_bucket
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
         if not force and info.state.last_seq == self._stored_seq:
             return
         stored: dict[str, Schedule] = {}
-        try:
-            names = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            names = []
-        for name in names:
+        for subject in sorted(info.state.subjects or {}):
+            name = subject.removeprefix(f"$KV.{bucket}.")
             try:
                 entry = await self._kv.get(name)
                 stored[name] = Schedule(name, _decode_config(entry.value or b""), "api")
             except nats.js.errors.KeyNotFoundError:
-                continue  # deleted between keys() and get()
+                continue  # removed: its subject holds the delete marker
             except msgspec.ValidationError as exc:
                 log.error("stored recurring task %r is invalid and is ignored: %s", name, exc)
         self._stored, self._stored_seq = stored, info.state.last_seq
