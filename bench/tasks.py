@@ -41,6 +41,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,14 +168,14 @@ class System(abc.ABC):
 
     name = "?"
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, round_: int = 0) -> None:
         self.ctx = ctx
-        self.prefix = f"{ctx.prefix}-{self.name}"
-        self.log = TaskLog(ctx.workdir / f"{self.name}-tasks.log")
+        self.prefix = f"{ctx.prefix}-{self.name}-r{round_}"
+        self.log = TaskLog(ctx.workdir / f"{self.prefix}-tasks.log")
         self.children: list[Child] = []
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log_file = self.ctx.workdir / f"{self.name}-{name}.log"
+        log_file = self.ctx.workdir / f"{self.prefix}-{name}.log"
         full_env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -455,6 +456,7 @@ class Options:
     latency_tasks: int
     deadline: float
     redis_url: str
+    rounds: int = 1
 
 
 @dataclass
@@ -488,6 +490,7 @@ class Result:
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # in the end-to-end phase
     other_cores: float = 0.0
     failure: str = ""  # a phase that did not finish says why
+    round: int = 0
 
     @property
     def cpu_us_per_task(self) -> float:
@@ -612,7 +615,7 @@ async def latency_phase(system: System, opts: Options) -> dict[int, tuple[float,
     return log.started["lat"]
 
 
-SYSTEM_CLASSES: dict[str, Callable[[Context], System]] = {
+SYSTEM_CLASSES: dict[str, Callable[[Context, int], System]] = {
     "celery": CelerySystem,
     "taskiq": TaskiqSystem,
     "raw": RawSystem,
@@ -621,25 +624,27 @@ SYSTEM_CLASSES: dict[str, Callable[[Context], System]] = {
 }
 
 
-def failed_result(name: str, opts: Options, failure: str) -> Result:
+def failed_result(name: str, opts: Options, failure: str, round_: int) -> Result:
     nan = math.nan
     return Result(name, opts.tasks, 0, 0, nan, nan, nan, opts.latency_tasks, 0, nan, nan, nan, nan, nan,
-                  failure=failure)  # fmt: skip
+                  failure=failure, round=round_)  # fmt: skip
 
 
-async def measure_system(name: str, ctx: Context) -> Result:
-    system = SYSTEM_CLASSES[name](ctx)
-    print(f"  {name}: starting", file=sys.stderr, flush=True)
+async def measure_system(name: str, ctx: Context, round_: int) -> Result:
+    system = SYSTEM_CLASSES[name](ctx, round_)
+    print(f"  round {round_ + 1} {name}: starting", file=sys.stderr, flush=True)
     try:
         await system.start()
         result = await measure(system, ctx.opts)
     except (TimeoutError, RuntimeError, OSError, nats.errors.Error) as exc:
         print(f"  {name}: FAILED: {exc}", file=sys.stderr, flush=True)
-        return failed_result(name, ctx.opts, str(exc).splitlines()[0] if str(exc) else repr(exc))
+        return failed_result(name, ctx.opts, str(exc).splitlines()[0] if str(exc) else repr(exc), round_)
     finally:
         await system.stop()
+    result.round = round_
     print(
-        f"  {name}: {result.e2e_rate:,.0f} tasks/s end to end, submit only {result.submit_only_rate:,.0f}/s, "
+        f"  round {round_ + 1} {name}: {result.e2e_rate:,.0f} tasks/s end to end, "
+        f"submit only {result.submit_only_rate:,.0f}/s, "
         f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
         file=sys.stderr,
         flush=True,
@@ -665,26 +670,36 @@ class Report:
     ratios: list[dict[str, Any]]
 
 
+def _ratio(ours: float, base: float) -> float:
+    return ours / base if base and not math.isnan(base) else math.nan
+
+
 def ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
-    """Each corral row against each peer: end-to-end and submit-only rates as multiples."""
-    by_name = {r.system: r for r in results}
+    """Each corral row against each peer, per round (same load on the machine), then the median
+    and range over the rounds: end-to-end and submit-only rates and p50 latency as multiples."""
+    by_key = {(r.round, r.system): r for r in results}
     rows = []
-    for ours in (r for r in results if r.system.startswith("corral")):
+    systems = dict.fromkeys(r.system for r in results if r.system.startswith("corral"))
+    for system in systems:
         for base in ("celery", "taskiq", "raw"):
-            peer = by_name.get(base)
-            if peer is None:
+            pairs = [
+                (ours, by_key[(ours.round, base)])
+                for ours in results
+                if ours.system == system and (ours.round, base) in by_key
+            ]
+            if not pairs:
                 continue
-            rows.append(
-                {
-                    "system": ours.system,
-                    "against": base,
-                    "e2e": ours.e2e_rate / peer.e2e_rate if peer.e2e_rate else math.nan,
-                    "submit_only": ours.submit_only_rate / peer.submit_only_rate
-                    if peer.submit_only_rate
-                    else math.nan,
-                    "p50_latency": ours.p50_ms / peer.p50_ms if peer.p50_ms else math.nan,
-                }
-            )
+            row: dict[str, Any] = {"system": system, "against": base}
+            for figure, attr in (
+                ("e2e", "e2e_rate"),
+                ("submit_only", "submit_only_rate"),
+                ("p50_latency", "p50_ms"),
+            ):
+                values = [_ratio(getattr(o, attr), getattr(p, attr)) for o, p in pairs]
+                values = [v for v in values if not math.isnan(v)]
+                row[figure] = statistics.median(values) if values else math.nan
+                row[f"{figure}_range"] = [min(values), max(values)] if values else []
+            rows.append(row)
     return rows
 
 
@@ -696,7 +711,10 @@ async def bench(opts: Options, url: str, prefix: str, workdir: Path, server_pid:
         ctx = Context(
             opts, url, prefix, workdir, nc, nc.jetstream(), server_pid, redis_server_pid(opts.redis_url)
         )
-        results = [await measure_system(name, ctx) for name in opts.systems]
+        # Rounds interleave the systems, so a burst of other load on the machine hits them alike.
+        results = [
+            await measure_system(name, ctx, round_) for round_ in range(opts.rounds) for name in opts.systems
+        ]
         machine = machine_info(nc)
     finally:
         await nc.close()
@@ -752,24 +770,25 @@ def render(report: Report) -> str:
         "",
     ]
     header = (
-        f"{'system':<13} {'ran':>6} {'dup':>4} {'e2e tasks/s':>11} {'submit/s':>9} {'submit-only/s':>13} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu us/task':>11} {'other':>5}"
+        f"{'round':>5} {'system':<13} {'ran':>6} {'dup':>4} {'e2e tasks/s':>11} {'submit/s':>9} "
+        f"{'submit-only/s':>13} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu us/task':>11} {'other':>5}"
     )
     lines += [header, "-" * len(header)]
     for r in report.results:
         lines.append(
-            f"{r.system:<13} {r.ran:>6} {r.duplicates:>4} {_fmt(r.e2e_rate, ',.0f'):>11} "
+            f"{r.round + 1:>5} {r.system:<13} {r.ran:>6} {r.duplicates:>4} {_fmt(r.e2e_rate, ',.0f'):>11} "
             f"{_fmt(r.submit_rate_under_load, ',.0f'):>9} {_fmt(r.submit_only_rate, ',.0f'):>13} "
             f"{_fmt(r.p50_ms, '.2f'):>7} {_fmt(r.p99_ms, '.2f'):>7} {_fmt(r.max_ms, '.1f'):>7} "
             f"{_fmt(r.cpu_us_per_task, ',.0f'):>11} {r.other_cores:>5.2f}"
         )
     if report.ratios:
-        lines += ["", f"{'ratio':<24} {'e2e':>7} {'submit-only':>11} {'p50 latency':>11}"]
+        rounds = report.config["rounds"]
+        title = "ratio (same round)" if rounds == 1 else f"ratio: median [range] of {rounds} rounds"
+        lines += ["", f"{title:<28} {'e2e':>18} {'submit-only':>18} {'p50 latency':>18}"]
         for row in report.ratios:
-            lines.append(
-                f"{row['system'] + ' / ' + row['against']:<24} {_fmt(row['e2e'], '.2f'):>6}x "
-                f"{_fmt(row['submit_only'], '.2f'):>10}x {_fmt(row['p50_latency'], '.2f'):>10}x"
-            )
+            cells = [_ratio_cell(row, figure) for figure in ("e2e", "submit_only", "p50_latency")]
+            name = row["system"] + " / " + row["against"]
+            lines.append(f"{name:<28} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
     lines += [
         "",
         "e2e = tasks / seconds from the first submission until all ran and none is unacked; submit/s = the",
@@ -780,6 +799,15 @@ def render(report: Report) -> str:
     ]
     lines += [f"FAILED {r.system}: {r.failure}" for r in report.results if r.failure]
     return "\n".join(lines)
+
+
+def _ratio_cell(row: dict[str, Any], figure: str) -> str:
+    median, spread = row[figure], row[f"{figure}_range"]
+    if math.isnan(median):
+        return "-"
+    if len(spread) == 2 and spread[0] != spread[1]:
+        return f"{median:.2f}x [{spread[0]:.2f}-{spread[1]:.2f}]"
+    return f"{median:.2f}x"
 
 
 def _no_nan(value: Any) -> Any:
@@ -837,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tasks/s in the latency phase")
     parser.add_argument("--latency-tasks", type=positive_int, default=DEFAULT_LATENCY_TASKS)
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, help="seconds per phase")
+    parser.add_argument("--rounds", type=positive_int, default=1, help="rounds of all systems, interleaved")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--nats-url", help="use this NATS server instead of starting one")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -852,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_tasks=args.latency_tasks,
         deadline=args.deadline,
         redis_url=args.redis_url,
+        rounds=args.rounds,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
