@@ -110,6 +110,7 @@ async def test_a_tick_over_the_memory_threshold_is_skipped_and_counted(
     assert view["source"] == "config"
     assert view["counts"]["skipped"] >= 2
     assert "submitted" not in view["counts"]
+    assert "missed" not in view["counts"]  # ticks before the start are nobody's misses
     assert view["last_outcome"] == "skipped"
     assert view["last_reason"].startswith("memory ")
     assert view["last_reason"].endswith("% > max_memory_percent 0.01%")

@@ -90,8 +90,20 @@ def test_a_tick_older_than_grace_is_missed_not_submitted() -> None:
 
 def test_a_fresh_tracker_catches_up_on_a_tick_within_grace_only() -> None:
     s = schedule(every=60, grace=10)
-    assert Tracker.starting(s, now=1265.0).due(1265.0)[0] == 1260.0  # 5 s old
-    assert Tracker.starting(s, now=1275.0).due(1275.0)[0] is None  # 15 s old: the last run had it
+    fresh = Tracker.starting(s, now=1265.0)
+    assert fresh.due(1265.0) == (1260.0, 1320.0)  # 5 s old: submitted (a duplicate if it ran)
+    late = Tracker.starting(s, now=1275.0)
+    assert late.due(1275.0) == (None, 1320.0)  # 15 s old: the scheduler before this one had it
+    # Ticks from before the start are nobody's misses.
+    assert not fresh.counts
+    assert not late.counts
+
+
+def test_a_fresh_cron_tracker_catches_up_too() -> None:
+    s = schedule(cron="*/2 * * * * *", grace=5)
+    tracker = Tracker.starting(s, now=ts("2026-03-01T10:00:03.5"))
+    assert tracker.due(ts("2026-03-01T10:00:03.5")) == (ts("2026-03-01T10:00:02"), ts("2026-03-01T10:00:04"))
+    assert not tracker.counts
 
 
 def test_a_tracker_walks_tick_by_tick_with_the_clock() -> None:

@@ -31,6 +31,7 @@ __all__ = ["LoadSample", "Outcome", "Plan", "Schedule", "Tracker", "idempotency_
 RETRY_DELAY = 1.0  # seconds between attempts to submit a tick whose submission failed
 MAX_SCAN = 1000  # cron ticks counted one by one when several were missed; more are reported as this many
 _MICROSECOND = timedelta(microseconds=1)
+_CURSOR_EPSILON = 0.001  # seconds: a cursor this far before a tick leaves that tick due
 
 
 class Outcome(enum.StrEnum):
@@ -139,9 +140,13 @@ class Tracker:
 
     @classmethod
     def starting(cls, schedule: Schedule, now: float) -> Tracker:
-        """A fresh tracker catches up on a tick up to `grace` old (another replica's
-        submission of it, if any, makes ours a DUPLICATE), never on older ones."""
-        return cls(schedule, cursor=now - schedule.config.grace)
+        """A fresh tracker catches up on the latest tick if it is up to `grace` old (another
+        replica's submission of it, if any, makes ours a DUPLICATE). Older ticks fell before
+        this scheduler started: they are not counted as missed."""
+        latest = schedule.latest_tick(now)
+        if now - latest <= schedule.config.grace:
+            return cls(schedule, cursor=latest - _CURSOR_EPSILON)  # the tick after it is `latest`
+        return cls(schedule, cursor=now)
 
     def due(self, now: float) -> tuple[float | None, float]:
         """The tick to submit at `now` (or None) and when to look again; counts missed ticks."""
