@@ -215,7 +215,9 @@ class SchedulerService(Service):
         acks = await self._queue.enqueue(specs)
         now = time.time()
         writes = [
-            self.store.put_async(msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now))
+            await self.store.put_async(
+                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now)
+            )
             for r, ack in zip(records, acks, strict=True)
         ]
         await asyncio.gather(*writes)

@@ -120,15 +120,17 @@ class Submitter:
             if ack.duplicate and spec.idempotency_key:
                 plan.replies[index] = Submitted(spec.id, Status.QUEUED, duplicate=True)
                 continue
-            writes.append(self.store.put_async(spec.record(status=Status.QUEUED, seq=ack.seq, queued=now)))
+            writes.append(
+                await self.store.put_async(spec.record(status=Status.QUEUED, seq=ack.seq, queued=now))
+            )
             plan.replies[index] = Submitted(spec.id, Status.QUEUED)
         for record, _ in plan.held:
-            writes.append(self.store.put_async(record))
+            writes.append(await self.store.put_async(record))
             plan.replies[batch.first_of[record.id]] = Submitted(record.id, record.status)
         for record in plan.cancelled:
-            writes.append(self.store.put_async(record))
+            writes.append(await self.store.put_async(record))
             result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
-            writes.append(self.store.put_result_async(result))
+            writes.append(await self.store.put_result_async(result))
             plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
         await asyncio.gather(*writes)
         if plan.held:

@@ -1,7 +1,8 @@
 """Reading and writing task records (KV `corral_tasks`) and results (KV `corral_results`).
 
 Writes that can wait for their acknowledgement together go through `put_async`: a JetStream
-publish on the bucket's subject, so a batch of records costs one round trip, not one each.
+publish on the bucket's subject that returns a future, so a batch of records costs one round
+trip, not one each.
 """
 
 from __future__ import annotations
@@ -78,17 +79,14 @@ class TaskStore:
         record = await self.record(task_id)
         return None if record is None else record.status
 
-    def put_async(self, record: TaskRecord) -> asyncio.Future[Any]:
+    async def put_async(self, record: TaskRecord) -> asyncio.Future[Ack]:
+        """Send the record now; await the returned future (with others) for its acknowledgement."""
         subject = f"$KV.{self.subjects.tasks_bucket}.{RECORD_KEY.format(record.id)}"
-        return asyncio.ensure_future(self._publish(subject, _encode(record)))
+        return await self.publisher.publish(subject, _encode(record))
 
-    def put_result_async(self, result: TaskResult) -> asyncio.Future[Any]:
+    async def put_result_async(self, result: TaskResult) -> asyncio.Future[Ack]:
         subject = f"$KV.{self.subjects.results_bucket}.{result.id}"
-        return asyncio.ensure_future(self._publish(subject, _encode(result)))
-
-    async def _publish(self, subject: str, data: bytes) -> Ack:
-        future = await self.publisher.publish(subject, data)
-        return await asyncio.wait_for(future, self.publisher.timeout)
+        return await self.publisher.publish(subject, _encode(result))
 
     async def put(self, record: TaskRecord) -> int:
         revision: int = await self.buckets.tasks.put(RECORD_KEY.format(record.id), _encode(record))

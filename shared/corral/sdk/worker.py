@@ -511,7 +511,7 @@ class _Attempt:
 
     async def _write_running(self) -> None:
         with contextlib.suppress(Exception):
-            await self.service.store.put_async(self.record(status=Status.RUNNING))
+            await (await self.service.store.put_async(self.record(status=Status.RUNNING)))
 
     async def succeeded(self, value: Any, ctx: TaskContext) -> None:
         service, spec = self.service, self.spec
@@ -526,8 +526,8 @@ class _Attempt:
             finished=now,
         )
         await asyncio.gather(
-            service.store.put_result_async(result),
-            service.store.put_async(self.record(status=Status.SUCCEEDED, result=value, finished=now)),
+            await service.store.put_result_async(result),
+            await service.store.put_async(self.record(status=Status.SUCCEEDED, result=value, finished=now)),
         )
         await self.msg.ack()
         service.completed += 1
@@ -545,8 +545,10 @@ class _Attempt:
             return
         delay = spec.backoff.delay(self.attempt)
         now = time.time()
-        await service.store.put_async(
-            self.record(status=Status.RETRYING, error=error, traceback=tb, next_attempt=now + delay)
+        await (
+            await service.store.put_async(
+                self.record(status=Status.RETRYING, error=error, traceback=tb, next_attempt=now + delay)
+            )
         )
         await self.msg.nak(delay=delay)
         service.puller.retry_at(spec.priority, spec.route, now + delay)
@@ -578,8 +580,8 @@ class _Attempt:
             finished=now,
         )
         await asyncio.gather(
-            service.store.put_result_async(result),
-            service.store.put_async(
+            await service.store.put_result_async(result),
+            await service.store.put_async(
                 self.record(status=Status.FAILED, error=error, traceback=tb, finished=now)
             ),
         )
@@ -607,8 +609,8 @@ class _Attempt:
             finished=now,
         )
         await asyncio.gather(
-            service.store.put_result_async(result),
-            service.store.put_async(self.record(status=Status.CANCELLED, reason=reason, finished=now)),
+            await service.store.put_result_async(result),
+            await service.store.put_async(self.record(status=Status.CANCELLED, reason=reason, finished=now)),
         )
         await self.msg.term()
         log.info("task %s stopped: %s", spec.id, reason)
