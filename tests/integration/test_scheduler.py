@@ -632,3 +632,15 @@ async def test_a_lost_worker_s_task_is_redelivered_after_its_lease_with_its_chec
         running.task.cancel()
     assert resumed == [(2, {"done": 7})]
     assert (await handle.record()).worker == "survivor-1"
+
+
+async def test_results_of_many_tasks_in_order(client: Client, settings: ServiceSettings) -> None:
+    rec = Recorder()
+    async with make_worker(settings, rec, concurrency=8):
+        items: list[dict[str, Any]] = [{"type": "echo", "payload": {"i": i}} for i in range(200)]
+        items.insert(7, {"type": "fail", "max_retries": 0})
+        handles = await client.submit_many(items)
+        results = await client.results(handles, timeout=10)
+    assert [r.id for r in results] == [h.id for h in handles]
+    assert results[7].status == "failed"
+    assert [r.result for r in results[:7] + results[8:]] == [{"i": i} for i in range(200)]

@@ -295,6 +295,56 @@ class Tasks:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def results(
+        self, tasks: Iterable[str | TaskHandle], timeout: float | None = None
+    ) -> list[TaskResult]:
+        """The TaskResult of every task once all have ended, in order: one subscription for the
+        lot (not one per task), results read from KV as their end events arrive."""
+        ids = [t.id if isinstance(t, TaskHandle) else t for t in tasks]
+        waiting = set(ids)
+        ended: set[str] = set()
+        wake = asyncio.Event()
+
+        async def on_end(msg: Msg) -> None:
+            task_id = msg.subject.split(".")[-2]
+            if task_id in waiting:
+                ended.add(task_id)
+                wake.set()
+
+        subs = [
+            await self.nc.subscribe(self.subjects.task_events_of(k), cb=on_end)
+            for k in ("done", "failed", "cancelled")
+        ]
+        found: dict[str, TaskResult] = {}
+        give_up = None if timeout is None else time.monotonic() + timeout
+        try:
+            check = list(waiting)
+            while True:
+                for start in range(0, len(check), 256):
+                    chunk = check[start : start + 256]
+                    for task_id, result in zip(
+                        chunk, await asyncio.gather(*(self.result_of(i) for i in chunk)), strict=True
+                    ):
+                        if result is not None and result.status in FINAL:
+                            found[task_id] = result
+                            waiting.discard(task_id)
+                if not waiting:
+                    return [found[i] for i in ids]
+                left = RESULT_POLL if give_up is None else min(RESULT_POLL, give_up - time.monotonic())
+                if left <= 0:
+                    raise CallTimeoutError(
+                        f"{len(waiting)} of {len(set(ids))} tasks did not end within {timeout}s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), left)
+                wake.clear()
+                check = list(ended & waiting) if ended & waiting else list(waiting)
+                ended.clear()
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
 
 def task_request(
     type_: str,

@@ -189,6 +189,7 @@ class WorkerService(Service):
         self._draining = False
         self._loops: list[asyncio.Task[None]] = []
         self._naks: set[asyncio.Future[None]] = set()
+        self._gauges = False
         self._puller: Puller | None = None
         self._store: TaskStore | None = None
         self._subs: list[Any] = []
@@ -212,6 +213,17 @@ class WorkerService(Service):
         await self._puller.start()
         self._subs = [await self.nc.subscribe(self.subjects.task_events_of("cancelled"), cb=self._on_cancel)]
         self.endpoint("status")(self._status)
+        if not self._gauges:
+            self._gauges = True
+            m = self.metrics
+            m.add_gauge_callback(
+                "tasks_running", "Tasks running in this worker now", lambda: len(self.running)
+            )
+            m.add_gauge_callback("tasks_completed", "Tasks this worker completed", lambda: self.completed)
+            m.add_gauge_callback("tasks_failed", "Tasks this worker dead-lettered", lambda: self.failed)
+            m.add_gauge_callback(
+                "concurrency", "Tasks this worker runs at once at most", lambda: self.concurrency
+            )
         self._loops = [
             asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch"),
             asyncio.create_task(self._lease_loop(), name=f"{self.name}-lease"),
