@@ -644,3 +644,24 @@ async def test_results_of_many_tasks_in_order(client: Client, settings: ServiceS
     assert [r.id for r in results] == [h.id for h in handles]
     assert results[7].status == "failed"
     assert [r.result for r in results[:7] + results[8:]] == [{"i": i} for i in range(200)]
+
+
+async def test_held_tasks_survive_their_scheduler_and_another_replica_adopts_them(
+    nc: NatsClient, prefix: str, settings: ServiceSettings
+) -> None:
+    client = Client(nc, prefix=prefix)
+    rec = Recorder()
+    first = SchedulerService(msgspec.structs.replace(settings, instance="sched-a"), FAST)
+    second = SchedulerService(msgspec.structs.replace(settings, instance="sched-b"), FAST)
+    await first.start()
+    async with make_worker(settings, rec, concurrency=2):
+        blocker = await client.submit("block", {})
+        dependent = await client.submit("note", {"n": "after the blocker"}, dependencies=[blocker])
+        assert len(first.held) == 1
+        await second.start()
+        await first.stop()  # the replica that held it is gone
+        await wait_for(lambda: len(second.held) == 1, 5)
+        rec.gate.set()
+        await dependent.result(timeout=5)
+        await second.stop()
+    assert rec.names() == ["after the blocker"]

@@ -92,6 +92,9 @@ class TaskStore:
         revision: int = await self.buckets.tasks.put(RECORD_KEY.format(record.id), _encode(record))
         return revision
 
+    async def delete_record(self, task_id: str) -> None:
+        await self.buckets.tasks.purge(RECORD_KEY.format(task_id))
+
     async def put_result(self, result: TaskResult) -> None:
         await self.buckets.results.put(result.id, _encode(result))
 
@@ -109,6 +112,23 @@ class TaskStore:
 
     async def hold(self, task_id: str) -> None:
         await self.buckets.tasks.put(HELD_KEY.format(task_id), b"1")
+
+    async def claim(self, task_id: str) -> bool:
+        """Take a held task for release or cancellation: delete its index key at the revision
+        read, so of several scheduler replicas exactly one wins."""
+        key = HELD_KEY.format(task_id)
+        try:
+            entry = await self.buckets.tasks.get(key)
+            if not entry.value:
+                return False
+            await self.buckets.tasks.delete(key, last=entry.revision)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
+            return False
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == 10071:  # wrong last sequence: another replica took it
+                return False
+            raise
+        return True
 
     async def unhold(self, task_id: str) -> None:
         await self.buckets.tasks.purge(HELD_KEY.format(task_id))
