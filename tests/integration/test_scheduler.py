@@ -7,7 +7,6 @@ this process, with short leases and backoffs (see scheduler_helpers.FAST)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -110,7 +109,8 @@ def make_worker(  # noqa: C901 - one small closure per task type
         return ctx.attempt
 
     @worker.task("progress")
-    async def progress(ctx: TaskContext, payload: dict[str, int]) -> str:
+    async def progress(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        await asyncio.sleep(payload.get("pause", 0))  # long enough to be announced as started
         for i in range(payload["steps"]):
             await ctx.progress(100 * (i + 1) / payload["steps"], {f"k{i}": i})
         return "done"
@@ -339,25 +339,25 @@ async def test_a_poison_task_is_dead_lettered_after_exactly_max_retries_plus_one
 async def test_retries_wait_for_their_backoff(
     client: Client, settings: ServiceSettings, nc: NatsClient, prefix: str
 ) -> None:
-    started: list[float] = []
+    moments: list[tuple[str, float]] = []
 
-    async def on_started(msg: Msg) -> None:
-        started.append(time.monotonic())
+    async def on_event(msg: Msg) -> None:
+        moments.append((msg.subject.rsplit(".", 1)[-1], time.monotonic()))
 
-    handle_sub = None
+    subs = [await nc.subscribe(f"{prefix}.task.*.{kind}", cb=on_event) for kind in ("retry", "done")]
     rec = Recorder()
     async with make_worker(settings, rec):
         handle = await client.submit(
             "flaky", {"fail_times": 2}, max_retries=3, backoff={"initial": 0.2, "multiplier": 2, "jitter": 0}
         )
-        handle_sub = await nc.subscribe(f"{prefix}.task.{handle.id}.started", cb=on_started)
         assert await handle.result(timeout=10) == 3
-    await handle_sub.unsubscribe()
-    gaps = [b - a for a, b in itertools.pairwise(started)]
-    assert len(started) >= 2
-    assert (
-        gaps[-1] >= 0.35
-    )  # the second retry waited 0.4 s (first retry's start may precede the subscription)
+        await wait_for(lambda: len(moments) == 3)
+    for sub in subs:
+        await sub.unsubscribe()
+    assert [kind for kind, _ in moments] == ["retry", "retry", "done"]
+    (_, first), (_, second), (_, done) = moments
+    assert second - first >= 0.19  # the first retry waited 0.2 s
+    assert done - second >= 0.39  # the second 0.4 s
 
 
 async def test_dlq_retry_and_purge(
@@ -408,7 +408,7 @@ async def test_checkpoint_is_resume_state_after_a_redelivery(
 async def test_progress_deltas_snapshots_and_the_end(client: Client, settings: ServiceSettings) -> None:
     rec = Recorder()
     async with make_worker(settings, rec):
-        handle = await client.submit("progress", {"steps": 25}, delay=0.3)  # time to subscribe first
+        handle = await client.submit("progress", {"steps": 25, "pause": 0.3}, delay=0.3)  # time to subscribe
         updates = [u async for u in handle.updates()]
     kinds = [u.kind for u in updates]
     assert kinds.count("progress") == 25

@@ -37,7 +37,8 @@ __all__ = ["TaskCancelledError", "TaskError", "TaskFailedError", "TaskHandle", "
 _encode = msgspec.json.Encoder().encode
 _result = msgspec.json.Decoder(TaskResult)
 RESULT_POLL = 2.0  # seconds between KV reads while waiting, in case an event was missed
-UPDATES_BUFFER = 64  # progress deltas a slow reader may fall behind before deltas are dropped
+UPDATES_BUFFER = 64
+NO_RESPONDER_RETRIES = 3  # progress deltas a slow reader may fall behind before deltas are dropped
 
 
 class _Reply(msgspec.Struct):
@@ -187,12 +188,21 @@ class Tasks:
 
         headers = {TRACEPARENT_HEADER: traceparent or new_traceparent()}
         subject = self.subjects.service("scheduler", verb)
-        try:
-            msg = await self.nc.request(subject, _encode(body), timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError as exc:
-            raise UnavailableError(f"no scheduler answers {subject}: is the system up (corral up)?") from exc
-        except nats.errors.TimeoutError as exc:
-            raise CallTimeoutError(f"the scheduler did not answer {verb} within {timeout}s") from exc
+        data = _encode(body)
+        for attempt in range(NO_RESPONDER_RETRIES + 1):
+            try:
+                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+                break
+            except nats.errors.NoRespondersError as exc:
+                # Nobody received it, so sending again cannot run anything twice: a scheduler
+                # restarting, or nats-server's occasional "no responders" right after a subscribe.
+                if attempt == NO_RESPONDER_RETRIES:
+                    raise UnavailableError(
+                        f"no scheduler answers {subject}: is the system up (corral up)?"
+                    ) from exc
+                await asyncio.sleep(0.1 * (attempt + 1))
+            except nats.errors.TimeoutError as exc:
+                raise CallTimeoutError(f"the scheduler did not answer {verb} within {timeout}s") from exc
         reply = msgspec.json.decode(msg.data, type=_Reply)
         if reply.success:
             return reply.payload

@@ -41,7 +41,7 @@ import socket
 import time
 import traceback
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -188,7 +188,7 @@ class WorkerService(Service):
         self._stopping = False
         self._draining = False
         self._loops: list[asyncio.Task[None]] = []
-        self._naks: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
         self._gauges = False
         self._puller: Puller | None = None
         self._store: TaskStore | None = None
@@ -319,13 +319,17 @@ class WorkerService(Service):
                 await self.nc.publish(subject, _encode(self.info()))
             await asyncio.sleep(self.settings.heartbeat_interval)
 
+    def keep(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _orphan(self, msg: Msg) -> None:
         if not self._stopping and len(self.running) < self.concurrency:
             self._start(msg)
         else:
-            task = asyncio.ensure_future(msg.nak())
-            self._naks.add(task)
-            task.add_done_callback(self._naks.discard)
+            self.keep(msg.nak())
 
     async def _on_cancel(self, msg: Msg) -> None:
         task_id = msg.subject.split(".")[-2]
@@ -471,11 +475,12 @@ class _Attempt:
     async def execute(self, handler: TaskHandler, ctx: TaskContext) -> None:
         service, spec = self.service, self.spec
         self.started = time.time()
-        await self._transition("started", Status.RUNNING)
         log.debug("task %s (%s) attempt %d started", spec.id, spec.type, self.attempt)
+        # A task still running after `running_record_after` gets its `started` event and a
+        # running record; a shorter one goes straight to done, which saves two writes per task.
         loop = asyncio.get_running_loop()
         timer = loop.call_later(
-            service.sched.running_record_after, lambda: asyncio.ensure_future(self._write_running())
+            service.sched.running_record_after, lambda: service.keep(self._announce_running())
         )
         try:
             try:
@@ -521,8 +526,9 @@ class _Attempt:
         finally:
             timer.cancel()
 
-    async def _write_running(self) -> None:
+    async def _announce_running(self) -> None:
         with contextlib.suppress(Exception):
+            await self._transition("started", Status.RUNNING)
             await (await self.service.store.put_async(self.record(status=Status.RUNNING)))
 
     async def succeeded(self, value: Any, ctx: TaskContext) -> None:
