@@ -241,6 +241,16 @@ async def test_a_full_queue_refuses_with_overloaded_and_its_depth(
         message = await fails(nc, prefix, "submit_many", {"tasks": [{"type": "echo"}] * 2}, "OVERLOADED")
         assert "3 tasks queued" in message
         assert len((await ok(nc, prefix, "list", {}))["tasks"]) == 3
+        # A worker started with other settings declares what is missing, never the queue's limits.
+        other = Worker("other", settings=settings, scheduler=FAST)
+
+        @other.task("other")
+        async def nothing(ctx: TaskContext, payload: Any) -> None:
+            return None
+
+        async with other:
+            info = await nc.jetstream().stream_info(f"{prefix.upper()}_TASKS")
+        assert info.config.max_msgs == 3
 
 
 # --- priorities -----------------------------------------------------------------------------------

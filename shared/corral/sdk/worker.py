@@ -207,7 +207,7 @@ class WorkerService(Service):
 
     async def setup(self) -> None:
         self._stopping = self._draining = False
-        buckets = await ensure_resources(self.js, self.subjects, self.sched)
+        buckets = await ensure_resources(self.js, self.subjects, self.sched, owner=False)
         self._store = TaskStore(self.js, self.subjects, buckets, AsyncPublisher(self.nc))
         self._puller = Puller(self.nc, self.js, self.subjects, self.sched, self.worker.routes, self._orphan)
         await self._puller.start()
