@@ -284,8 +284,9 @@ class Tasks:
         """The TaskResult of a task once it has ended."""
         ended = asyncio.Event()
 
-        async def on_end(_: Msg) -> None:
-            ended.set()
+        async def on_end(msg: Msg) -> None:
+            if msg.subject.rsplit(".", 1)[-1] in ("done", "failed", "cancelled"):
+                ended.set()  # progress events do not make us read KV
 
         events = self.subjects.task_events(task_id)
         sub = await self.nc.subscribe(events, cb=on_end)
