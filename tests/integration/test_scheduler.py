@@ -675,3 +675,17 @@ async def test_held_tasks_survive_their_scheduler_and_another_replica_adopts_the
         await dependent.result(timeout=5)
         await second.stop()
     assert rec.names() == ["after the blocker"]
+
+
+async def test_not_before_holds_a_task_until_its_time(client: Client, settings: ServiceSettings) -> None:
+    import datetime
+
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        when = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=0.4)
+        handle = await client.submit("note", {"n": "later"}, not_before=when)
+        assert (await handle.record()).status == "scheduled"
+        await handle.result(timeout=5)
+        record = await handle.record()
+    assert record.started is not None
+    assert record.started >= when.timestamp()

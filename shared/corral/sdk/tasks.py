@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -220,7 +221,7 @@ class Tasks:
         max_retries: int | None = None,
         backoff: Backoff | Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
-        not_before: float | None = None,
+        not_before: float | datetime.datetime | None = None,
         delay: float | None = None,
         name: str | None = None,
         traceparent: str | None = None,
@@ -368,7 +369,7 @@ def task_request(
     max_retries: int | None = None,
     backoff: Backoff | Mapping[str, float] | None = None,
     idempotency_key: str | None = None,
-    not_before: float | None = None,
+    not_before: float | datetime.datetime | None = None,
     delay: float | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
@@ -381,7 +382,7 @@ def task_request(
         "max_retries": max_retries,
         "backoff": msgspec.to_builtins(backoff) if isinstance(backoff, Backoff) else backoff,
         "idempotency_key": idempotency_key,
-        "not_before": not_before,
+        "not_before": not_before.timestamp() if isinstance(not_before, datetime.datetime) else not_before,
         "delay": delay,
         "name": name,
     }
