@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import api
 
+from corral.live_config import ConfigDocument
 from corral.orchestrator.service import OrchestratorService
 from corral.runtime import ServiceSettings
 from corral.sdk import Module
@@ -307,3 +308,22 @@ async def test_get_of_a_module_running_its_defaults_and_of_an_unknown_one(
     errors = await api_.fails("get", {"module": "nobody"}, "NOT_FOUND")
     assert "has no config" in errors[0]
     await api_.fails("history", {"module": "compiler"}, "NOT_FOUND")
+
+
+async def test_an_instance_that_missed_the_broadcast_applies_the_committed_version(
+    system: tuple[Api, list[Instance]], nc: Client, prefix: str
+) -> None:
+    api_, instances = system
+    await api_.ok("set", {"module": "compiler", "values": {"max_depth": 64}})
+    # A version committed while an instance was starting reaches it through its watch of the key
+    # (written here straight to KV, as the orchestrator commits it).
+    kv = await nc.jetstream().key_value(f"{prefix}_config")
+    document = ConfigDocument(module="compiler", version=2, values={"max_depth": 70}, time=0.0, source="set")
+    await kv.put("compiler", msgspec.json.encode(document))
+    for _ in range(100):
+        if all(inst.module.config_version == 2 for inst in instances):
+            break
+        await asyncio.sleep(0.02)
+    assert [inst.module.config for inst in instances] == [CompilerSettings(max_depth=70)] * 2
+    # Each instance applied each version once: the broadcast's, then the watch's.
+    assert [[s.max_depth for s in inst.seen] for inst in instances] == [[64, 70], [64, 70]]
