@@ -289,3 +289,20 @@ async def test_orchestrator_replicas_report_one_leader_in_status_and_hand_over_o
     await until(lambda: second.leadership.is_leader, TTL, "second leads after first stopped")
     assert (await status_of(nc, prefix))["leadership"]["leader"] == second.leadership.instance_id
     await second.stop()
+
+
+async def test_a_renewal_that_landed_unseen_does_not_block_the_step_down(
+    replicas: Callable[..., Awaitable[Replica]], nc: Client, prefix: str
+) -> None:
+    ttl = 5.0
+    a = await replicas("a", ttl)
+    await until(lambda: a.leadership.is_leader, 5.0, "a leads")
+    b = await replicas("b", ttl)
+    # The key moves on with a's own lease, as when a renewal lands but its reply is lost.
+    kv = await nc.jetstream().key_value(f"{prefix}_leases")
+    entry = await kv.get("orchestrator")
+    assert entry.value is not None
+    await kv.update("orchestrator", entry.value, last=entry.revision)
+    await a.leadership.stop()
+    took = await until(lambda: b.leadership.is_leader, ttl, "b leads")
+    assert took < b.leadership.poll_interval  # released, not lapsed
