@@ -327,3 +327,29 @@ async def test_an_instance_that_missed_the_broadcast_applies_the_committed_versi
     assert [inst.module.config for inst in instances] == [CompilerSettings(max_depth=70)] * 2
     # Each instance applied each version once: the broadcast's, then the watch's.
     assert [[s.max_depth for s in inst.seen] for inst in instances] == [[64, 70], [64, 70]]
+
+
+async def test_an_instance_too_slow_to_answer_fails_the_set_and_ends_on_the_old_config(
+    settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    module = Module("compiler")
+
+    @module.on_config
+    async def configure(config: CompilerSettings) -> None:
+        if config.max_depth == 777:
+            await asyncio.sleep(1.0)  # longer than the orchestrator waits
+
+    api_ = Api(nc, prefix)
+    async with OrchestratorService(settings, initial_config={}) as orchestrator, module.service(settings):
+        assert orchestrator.config_rollout is not None
+        orchestrator.config_rollout.apply_timeout = 0.3
+        await api_.ok("set", {"module": "compiler", "values": {"max_depth": 64}})
+        errors = await api_.fails("set", {"module": "compiler", "values": {"max_depth": 777}}, "UNAVAILABLE")
+        assert errors == [
+            "1 of 1 instances of 'compiler' did not answer within 0.3s; "
+            "module 'compiler' keeps its config; nothing was committed"
+        ]
+        await asyncio.sleep(1.2)  # the slow hook finishes, then the old config is put back after it
+        assert module.config == CompilerSettings(max_depth=64)
+        assert module.config_version == 1
+        assert (await api_.ok("get", {"module": "compiler"}))["version"] == 1
