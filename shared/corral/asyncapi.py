@@ -38,6 +38,7 @@ def channels() -> list[Channel]:
     from corral.orchestrator.config_rollout import ConfigChange, ConfigGet, ConfigRollback, ConfigSet
     from corral.orchestrator.leader import LeaderEvent
     from corral.orchestrator.service import BreakerReset, Subscribe
+    from corral.scheduling import messages as sched
     from corral.state import messages as state
     from corral.state.changes import Change
 
@@ -57,6 +58,71 @@ def channels() -> list[Channel]:
             "Make the store equal a snapshot.",
         ),
         ("state_snapshot_delete", "snapshot.delete", state.SnapshotIdRequest, "Delete a snapshot."),
+    ]
+    scheduler_verbs = [
+        ("task_submit", "submit", sched.SubmitRequest, "Queue a task; the reply carries its id."),
+        ("task_submit_many", "submit_many", sched.SubmitManyRequest, "Queue up to 1000 tasks at once."),
+        ("task_get", "get", sched.TaskIdRequest, "A task's record."),
+        ("task_cancel", "cancel", sched.TaskIdRequest, "Cancel a task."),
+        ("task_list", "list", sched.ListRequest, "Task records, newest first."),
+        ("dlq_list", "dlq.list", sched.DlqListRequest, "Dead letters, oldest first."),
+        ("dlq_show", "dlq.show", sched.DlqIdRequest, "One dead letter."),
+        ("dlq_retry", "dlq.retry", sched.DlqIdRequest, "Queue a dead-lettered task again."),
+        ("dlq_purge", "dlq.purge", sched.DlqPurgeRequest, "Delete one dead letter, or all."),
+    ]
+    scheduler = [
+        *(
+            Channel(op, f"{{prefix}}.scheduler.{verb}", text, struct)
+            for op, verb, struct, text in scheduler_verbs
+        ),
+        Channel(
+            "task_queue",
+            "{prefix}.tasks.{priority}.{route}",
+            "A queued task (stream CORRAL_TASKS, work queue); workers pull it.",
+            sched.TaskSpec,
+            None,
+            "publish",
+        ),
+        Channel(
+            "task_transition",
+            "{prefix}.task.{id}.{event}",
+            "started, retry, done, failed, cancelled (core; the result itself is in KV).",
+            sched.TaskDone,
+            None,
+            "publish",
+        ),
+        Channel(
+            "task_progress",
+            "{prefix}.task.{id}.progress",
+            "A progress delta; `.snapshot` carries everything so far every N deltas.",
+            sched.TaskProgress,
+            None,
+            "publish",
+        ),
+        Channel(
+            "task_lifecycle",
+            "{prefix}.evt.task.{kind}",
+            "retrying, failed, cancelled, dlq_retried (stream CORRAL_EVENTS).",
+            sched.TaskDone,
+            None,
+            "publish",
+        ),
+        Channel(
+            "dead_letter",
+            "{prefix}.dlq.{id}",
+            "A task whose every attempt failed (stream CORRAL_DLQ).",
+            sched.DeadLetter,
+            None,
+            "publish",
+        ),
+        Channel(
+            "worker_heartbeat",
+            "{prefix}.workers.hb.{instance}",
+            "A worker's id, capabilities and load.",
+            sched.WorkerInfo,
+            None,
+            "publish",
+        ),
     ]
     return [
         Channel("send", "{prefix}.send.{module}", "Call a module through the orchestrator.", Envelope),
@@ -141,6 +207,7 @@ def channels() -> list[Channel]:
             None,
             "publish",
         ),
+        *scheduler,
     ]
 
 
