@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
-import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import api
 
 from corral.bus import BusSettings, connect
+from corral.bus import request as bus_request
 from corral.natsd import NatsServer
 from corral.orchestrator.leader import LeaderEvent, Leadership
 from corral.orchestrator.service import OrchestratorService
@@ -254,16 +254,7 @@ async def test_a_slow_callback_does_not_delay_renewals(
 
 
 async def status_of(nc: Client, prefix: str) -> dict[str, Any]:
-    for attempt in range(3):
-        try:
-            msg = await nc.request(f"{prefix}.orchestrator.status", b"", timeout=5)
-            break
-        except nats.errors.NoRespondersError:
-            # nats-server 2.15 now and then answers "no responders" to the first request after
-            # another connection's SUB + flush (about 1 in 100 under load, with plain nats-py too).
-            if attempt == 2:
-                raise
-            await asyncio.sleep(0.1)
+    msg = await bus_request(nc, f"{prefix}.orchestrator.status", timeout=5)
     payload: dict[str, Any] = msgspec.json.decode(msg.data)["payload"]
     return payload
 

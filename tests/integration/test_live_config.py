@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
-import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import api
 
+from corral.bus import request as bus_request
 from corral.live_config import ConfigDocument
 from corral.orchestrator.service import OrchestratorService
 from corral.runtime import ServiceSettings
@@ -59,16 +59,7 @@ def compiler(settings: ServiceSettings, instance: str) -> Instance:
 
 
 async def request(nc: Client, subject: str, body: Any) -> dict[str, Any]:
-    for attempt in range(3):
-        try:
-            msg = await nc.request(subject, json.dumps(body).encode(), timeout=15)
-            break
-        except nats.errors.NoRespondersError:
-            # nats-server 2.15 now and then answers "no responders" to the first request after
-            # another connection's SUB + flush (about 1 in 100 under load, with plain nats-py too).
-            if attempt == 2:
-                raise
-            await asyncio.sleep(0.1)
+    msg = await bus_request(nc, subject, json.dumps(body).encode(), timeout=15)
     reply: dict[str, Any] = json.loads(msg.data)
     return reply
 
