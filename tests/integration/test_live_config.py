@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -344,3 +345,16 @@ async def test_an_instance_too_slow_to_answer_fails_the_set_and_ends_on_the_old_
         assert module.config == CompilerSettings(max_depth=64)
         assert module.config_version == 1
         assert (await api_.ok("get", {"module": "compiler"}))["version"] == 1
+
+
+async def test_the_system_file_named_by_corral_config_seeds_the_config(
+    settings: ServiceSettings, nc: Client, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system_file = tmp_path / "corral.toml"
+    system_file.write_text(
+        '[modules.compiler]\nkind = "external"\n\n[modules.compiler.config]\nmax_depth = 7\n'
+    )
+    monkeypatch.setenv("CORRAL_CONFIG", str(system_file))
+    async with OrchestratorService(settings):
+        view = await Api(nc, prefix).ok("history", {"module": "compiler"})
+    assert [(v["version"], v["values"], v["source"]) for v in view] == [(1, {"max_depth": 7}, "corral.toml")]
