@@ -689,3 +689,12 @@ async def test_not_before_holds_a_task_until_its_time(client: Client, settings: 
         record = await handle.record()
     assert record.started is not None
     assert record.started >= when.timestamp()
+
+
+async def test_a_task_longer_than_the_lease_keeps_it(client: Client, settings: ServiceSettings) -> None:
+    short_lease = msgspec.structs.replace(FAST, ack_wait=0.6)
+    rec = Recorder()
+    async with make_worker(settings, rec, sched=short_lease), make_worker(settings, rec, sched=short_lease):
+        handle = await client.submit("slow", {"seconds": 1.5})  # 2.5 leases
+        assert await handle.result(timeout=5) == 1  # attempt 1 finished: never redelivered
+    assert [(t, a) for t, _, a, _ in rec.runs] == [("slow", 1)]
