@@ -67,7 +67,7 @@ from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import worker_routes
 from corral.scheduling.settings import SchedulerSettings
 from corral.scheduling.store import TaskStore
-from corral.sdk.puller import Puller
+from corral.sdk.puller import PULL_TIMEOUT, Puller
 from corral.sdk.task_context import TaskContext
 from corral.subjects import validate_token
 
@@ -235,8 +235,8 @@ class WorkerService(Service):
         self.puller.wake.set()
         self._slot.set()
         fetch = self._loops[0]
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(fetch, 5)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(fetch, PULL_TIMEOUT + 1)
         tasks = [r.task for r in self.running.values()]
         if tasks:
             log.info("draining %d running tasks", len(tasks))
