@@ -169,3 +169,16 @@ def test_routes_of_one_level_take_turns_and_urgency_comes_first() -> None:
         assert order[:2] in (["p0_a", "p0_b"], ["p0_b", "p0_a"])  # critical before normal, always
         firsts.append(order[2])
     assert firsts == ["p2_a", "p2_b", "p2_a", "p2_b"] or firsts == ["p2_b", "p2_a", "p2_b", "p2_a"]
+
+
+def test_worker_concurrency_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.sdk import Worker
+    from corral.sdk.worker import _concurrency
+
+    worker = Worker("w", concurrency=8)
+    assert _concurrency(worker) == 8
+    monkeypatch.setenv("CORRAL_WORKER_CONCURRENCY", "64")
+    assert _concurrency(worker) == 64
+    monkeypatch.setenv("CORRAL_WORKER_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="CORRAL_WORKER_CONCURRENCY"):
+        _concurrency(worker)

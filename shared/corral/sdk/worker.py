@@ -49,6 +49,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from corral.component import Component
+from corral.errors import ConfigError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.runtime import RequestContext, Service, ServiceSettings, run_forever
 from corral.runtime.logs import trace_id_from_traceparent, trace_id_var
@@ -178,7 +179,7 @@ class WorkerService(Service):
             raise ValueError(f"worker {worker.name!r} has no task handlers: add one with @worker.task(...)")
         self.worker = worker
         self.sched = scheduler or SchedulerSettings.from_env()
-        self.concurrency = worker.concurrency
+        self.concurrency = _concurrency(worker)
         self.running: dict[str, _Running] = {}  # by delivery (the message's reply subject)
         self._by_id: dict[str, _Running] = {}  # the same, by task id
         self.completed = 0
@@ -421,6 +422,16 @@ class WorkerService(Service):
             await msg.term()
             return True
         return False
+
+
+def _concurrency(worker: Worker) -> int:
+    """The worker's own figure, unless CORRAL_WORKER_CONCURRENCY overrides it (corral.toml `env`)."""
+    raw = os.environ.get("CORRAL_WORKER_CONCURRENCY", "").strip()
+    if not raw:
+        return worker.concurrency
+    if not raw.isdecimal() or int(raw) < 1:
+        raise ConfigError(f"CORRAL_WORKER_CONCURRENCY must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 class _Attempt:
