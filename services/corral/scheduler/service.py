@@ -142,7 +142,11 @@ class SchedulerService(Service):
         self._store = TaskStore(self.js, subjects, buckets, publisher)
         self._queue = TaskQueue(self.nc, self.js, subjects, s, publisher)
         self._held = HeldTasks(
-            self._release, self._cancel_held, self.store.status, interval=min(2.0, s.monitor_interval)
+            self._release,
+            self._cancel_held,
+            self.store.status,
+            refresh=self._adopt_held,
+            interval=min(2.0, s.monitor_interval),
         )
         self._submitter = Submitter(s, self.store, self._queue, self._held)
         self._dlq = DeadLetters(self.js, subjects)
@@ -203,15 +207,28 @@ class SchedulerService(Service):
 
     async def _load_held(self) -> None:
         """Rebuild the registry of held tasks from their index keys in KV."""
-        for task_id in await self.store.keys("held"):
+        adopted = await self._adopt_held()
+        if adopted:
+            log.info("holding %d tasks from before the restart", adopted)
+            await self.held.reconcile()
+
+    async def _adopt_held(self) -> int:
+        """Hold the tasks whose index key exists but which this replica does not know (held by a
+        replica that stopped); forget those another replica released or cancelled."""
+        keys = set(await self.store.keys("held"))
+        adopted = 0
+        for task_id in keys - set(self.held.tasks):
             record = await self.store.raw_record(task_id)
             if record is None or record.status in FINAL:
                 await self.store.unhold(task_id)
                 continue
-            self.held.add(record, set(record.dependencies))
-        if len(self.held):
-            log.info("holding %d tasks from before the restart", len(self.held))
-            await self.held.reconcile()
+            waiting = {d for d in record.dependencies if await self.store.status(d) is not Status.SUCCEEDED}
+            self.held.add(record, waiting)
+            adopted += 1
+        for task_id in set(self.held.tasks) - keys:
+            if time.time() - self.held.tasks[task_id].record.submitted > 5.0:  # not one being written
+                self.held.remove(task_id)
+        return adopted
 
     # --- recurring tasks: corral.scheduler.recurring_runner, submitting through _submitter ------
     async def _start_recurring(self) -> None:
@@ -262,19 +279,24 @@ class SchedulerService(Service):
 
     async def _release(self, records: list[TaskRecord]) -> None:
         assert self._queue is not None
+        claims = await asyncio.gather(*(self.store.claim(r.id) for r in records))
+        records = [r for r, mine in zip(records, claims, strict=True) if mine]
+        if not records:
+            return
         specs = [r.spec for r in records]
         acks = await self._queue.enqueue(specs)
         now = time.time()
         writes = [
-            self.store.put_async(msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now))
+            await self.store.put_async(
+                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now)
+            )
             for r, ack in zip(records, acks, strict=True)
         ]
         await asyncio.gather(*writes)
-        await asyncio.gather(*(self.store.unhold(r.id) for r in records))
 
     async def _cancel_held(self, record: TaskRecord, reason: str) -> None:
-        await self._finish_cancelled(record, reason)
-        await self.store.unhold(record.id)
+        if await self.store.claim(record.id):
+            await self._finish_cancelled(record, reason)
 
     async def _finish_cancelled(self, record: TaskRecord, reason: str) -> None:
         now = time.time()

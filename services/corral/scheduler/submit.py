@@ -102,37 +102,40 @@ class Submitter:
         return statuses
 
     async def _queue_and_record(self, plan: _Plan, batch: _Batch, now: float) -> None:
-        # Held tasks are registered before anything is queued, so a dependency that finishes at
-        # once still finds its dependents.
         if len(batch.requests) > 1 and plan.ready:
             await self.queue.check_room(len(plan.ready))
+        # Held and cancelled tasks are stored before anything is queued, so a dependency that
+        # finishes at once finds its dependents, their index keys and their records.
+        writes: list[asyncio.Future[Any]] = []
         for record, waiting in plan.held:
             self.held.add(record, waiting)
+            writes.append(await self.store.put_async(record))
+            plan.replies[batch.first_of[record.id]] = Submitted(record.id, record.status)
+        for record in plan.cancelled:
+            writes.append(await self.store.put_async(record))
+            result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
+            writes.append(await self.store.put_result_async(result))
+            plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
+        await asyncio.gather(*writes, *(self.store.hold(record.id) for record, _ in plan.held))
         try:
             acks = await self.queue.enqueue(plan.ready) if plan.ready else []
         except Exception:
-            for record, _ in plan.held:
+            for record, _ in plan.held:  # the batch is refused whole
                 self.held.remove(record.id)
+                await self.store.unhold(record.id)
+                await self.store.delete_record(record.id)
             raise
-        writes: list[asyncio.Future[Any]] = []
+        writes = []
         for spec, ack in zip(plan.ready, acks, strict=True):
             index = batch.first_of[spec.id]
             if ack.duplicate and spec.idempotency_key:
                 plan.replies[index] = Submitted(spec.id, Status.QUEUED, duplicate=True)
                 continue
-            writes.append(self.store.put_async(spec.record(status=Status.QUEUED, seq=ack.seq, queued=now)))
+            writes.append(
+                await self.store.put_async(spec.record(status=Status.QUEUED, seq=ack.seq, queued=now))
+            )
             plan.replies[index] = Submitted(spec.id, Status.QUEUED)
-        for record, _ in plan.held:
-            writes.append(self.store.put_async(record))
-            plan.replies[batch.first_of[record.id]] = Submitted(record.id, record.status)
-        for record in plan.cancelled:
-            writes.append(self.store.put_async(record))
-            result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
-            writes.append(self.store.put_result_async(result))
-            plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
         await asyncio.gather(*writes)
-        if plan.held:
-            await asyncio.gather(*(self.store.hold(record.id) for record, _ in plan.held))
         self.submitted += len(plan.ready) + len(plan.held)
 
     async def _existing(self, batch: _Batch) -> dict[str, Status]:
