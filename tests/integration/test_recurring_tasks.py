@@ -177,3 +177,28 @@ async def test_bad_schedules_get_validation_naming_the_field(
         error = await fails(nc, prefix, "recurring.add", body, "VALIDATION")
         assert message in error
         assert (await ok(nc, prefix, "recurring.list"))["schedules"] == []
+
+
+async def test_a_refused_tick_is_submitted_again_within_grace(
+    nc: Client, settings: ServiceSettings, prefix: str, beats: Counter[str]
+) -> None:
+    # A queue of one, held full by a task no worker takes: the tick's submission is OVERLOADED.
+    scheduler = SchedulerService(
+        msgspec.structs.replace(settings, instance="a"),
+        msgspec.structs.replace(FAST, max_queued=1),
+        recurring={},
+    )
+    events, sub = await tick_events(nc, prefix, "beat")
+    async with scheduler:
+        blocker = await ok(nc, prefix, "submit", {"type": "beat", "capabilities": ["nobody-has-it"]})
+        await ok(nc, prefix, "recurring.add", {"name": "beat", "type": "beat", "every": 1, "grace": 5})
+        await until(lambda: any(e["outcome"] == "failed" for e in events), 10, "a refused tick")
+        await ok(nc, prefix, "cancel", {"id": blocker["id"]})  # room again
+        await until(lambda: any(e["outcome"] == "submitted" for e in events), 10, "a submitted tick")
+    await sub.unsubscribe()
+    failed = [e for e in events if e["outcome"] == "failed"]
+    assert "OverloadedError: the task queue is full" in failed[0]["reason"]
+    submitted = next(e for e in events if e["outcome"] == "submitted")
+    # The tick that was refused is the one submitted (retried every second within grace).
+    assert submitted["tick"] == failed[-1]["tick"]
+    await until(lambda: submitted["task_id"] in beats, 10, "the retried tick's task to run")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,7 +36,15 @@ from corral.bus import KVSpec, ensure_kv
 from corral.component import Component
 from corral.config import RecurringConfig, load_config
 from corral.errors import ConflictError, NotFoundError
-from corral.scheduler.recurring import LoadSample, Outcome, Schedule, Tracker, idempotency_key, skip_reason
+from corral.scheduler.recurring import (
+    RETRY_DELAY,
+    LoadSample,
+    Outcome,
+    Schedule,
+    Tracker,
+    idempotency_key,
+    skip_reason,
+)
 from corral.subjects import Subjects
 
 __all__ = [
@@ -259,24 +268,32 @@ class RecurringRunner(Component):
     async def _run(self) -> None:
         next_reload = 0.0
         while True:
-            now = self.clock()
-            if now >= next_reload:
-                next_reload = now + self.refresh
-                try:
+            wake = self.clock() + RETRY_DELAY
+            try:
+                if self.clock() >= next_reload:
+                    next_reload = self.clock() + self.refresh
                     await self._reload()
-                except (nats.errors.Error, TimeoutError) as exc:
-                    log.warning("could not read recurring tasks (%r); trying again", exc)
-            load = self.probe.sample()
-            wake = next_reload
-            for tracker in list(self.trackers.values()):
-                tick, look_again = tracker.due(self.clock())
-                if tick is not None:
-                    await self._fire(tracker, tick, load)
-                    look_again = min(look_again, tracker.due(self.clock())[1])
-                wake = min(wake, look_again)
+                wake = min(next_reload, await self._fire_due())
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("could not read recurring tasks (%r); trying again", exc)
+            except Exception:  # a bug must not end the loop: every later tick would be lost
+                log.exception("recurring task loop failed; going on")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wake - self.clock()))
+
+    async def _fire_due(self) -> float:
+        """Submit (or skip) every due tick; return when the next one falls."""
+        load = self.probe.sample()
+        wake = math.inf
+        for tracker in list(self.trackers.values()):
+            tick, look_again = tracker.due(self.clock())
+            if tick is not None:
+                await self._fire(tracker, tick, load)
+                if tracker.retry is not None:  # failed: try again soon, not at the next tick
+                    look_again = min(look_again, self.clock() + RETRY_DELAY)
+            wake = min(wake, look_again)
+        return wake
 
     async def _fire(self, tracker: Tracker, tick: float, load: LoadSample) -> None:
         schedule = tracker.schedule
