@@ -10,11 +10,16 @@ VALIDATION reply naming the field before a handler runs.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import msgspec
+import nats.errors
+import nats.js.errors
 
 from corral.config import RecurringConfig
+from corral.errors import UnavailableError
 from corral.runtime import RequestContext, Service
 from corral.scheduler.recurring_runner import RecurringRunner, ScheduleView
 
@@ -52,17 +57,30 @@ class RemoveReply(msgspec.Struct, kw_only=True):
 def register_recurring_endpoints(service: Service, runner: RecurringRunner) -> None:
     async def add(request: RecurringAdd, ctx: RequestContext) -> AddReply:
         fields = {f: getattr(request, f) for f in RecurringConfig.__struct_fields__}
-        config = RecurringConfig(**fields)
-        view, replaced = await runner.add(request.name, config)
+        async with _jetstream():
+            view, replaced = await runner.add(request.name, RecurringConfig(**fields))
         return AddReply(schedule=view, replaced=replaced)
 
     async def list_(_: None, ctx: RequestContext) -> ListReply:
-        return ListReply(schedules=await runner.views())
+        async with _jetstream():
+            return ListReply(schedules=await runner.views())
 
     async def remove(request: RecurringName, ctx: RequestContext) -> RemoveReply:
-        await runner.remove(request.name)
+        async with _jetstream():
+            await runner.remove(request.name)
         return RemoveReply(name=request.name)
 
     service.endpoint("recurring.add", RecurringAdd)(add)
     service.endpoint("recurring.list")(list_)
     service.endpoint("recurring.remove", RecurringName)(remove)
+
+
+@contextlib.asynccontextmanager
+async def _jetstream() -> AsyncIterator[None]:
+    """The KV bucket cannot be reached: UNAVAILABLE (retry), not a module error."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as exc:
+        if isinstance(exc, nats.js.errors.KeyNotFoundError):
+            raise
+        raise UnavailableError(f"JetStream did not complete the request ({exc!r}); retry") from exc
