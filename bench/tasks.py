@@ -789,6 +789,13 @@ def render(report: Report) -> str:
             cells = [_ratio_cell(row, figure) for figure in ("e2e", "submit_only", "p50_latency")]
             name = row["system"] + " / " + row["against"]
             lines.append(f"{name:<28} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
+    lines += ["", "cpu us/task by process (e2e phase; worker.N: pool children):"]
+    for r in report.results:
+        if r.ran:
+            split = ", ".join(
+                f"{name} {1e6 * sec / r.ran:,.0f}" for name, sec in r.cpu_seconds.items() if sec
+            )
+            lines.append(f"  round {r.round + 1} {r.system:<13} {split}")
     lines += [
         "",
         "e2e = tasks / seconds from the first submission until all ran and none is unacked; submit/s = the",
