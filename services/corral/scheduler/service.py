@@ -93,6 +93,7 @@ class SchedulerService(Service):
         self.scheduler_settings = scheduler or SchedulerSettings.from_env()
         self.workers = Workers(expiry=max(10.0, 5 * self.settings.heartbeat_interval))
         self._subs: list[Subscription] = []
+        self._outcome_subs: list[Subscription] = []
         self._store: TaskStore | None = None
         self._queue: TaskQueue | None = None
         self._held: HeldTasks | None = None
@@ -132,17 +133,12 @@ class SchedulerService(Service):
             refresh=self._adopt_held,
             interval=min(2.0, s.monitor_interval),
         )
-        self._submitter = Submitter(s, self.store, self._queue, self._held)
+        self._submitter = Submitter(s, self.store, self._queue, self._held, self._sync_outcome_watch)
         self._dlq = DeadLetters(self.js, subjects)
         self._monitor = Monitor(self.js, subjects.tasks_stream, self.workers, interval=s.monitor_interval)
         await self._load_held()
-        self._subs = [
-            await self.nc.subscribe(subjects.worker_heartbeats_all, cb=self.workers.on_heartbeat),
-            *[
-                await self.nc.subscribe(subjects.task_events_of(kind), cb=self._on_outcome)
-                for kind in ("done", "failed", "cancelled")
-            ],
-        ]
+        self._subs = [await self.nc.subscribe(subjects.worker_heartbeats_all, cb=self.workers.on_heartbeat)]
+        await self._sync_outcome_watch()
         await self._held.start()
         await self._monitor.start()
         if not self._gauges:
@@ -176,9 +172,9 @@ class SchedulerService(Service):
             self.endpoint(verb, payload_type)(_jetstream_errors(handler))
 
     async def teardown(self) -> None:
-        for sub in self._subs:
+        for sub in [*self._subs, *self._outcome_subs]:
             await sub.unsubscribe()
-        self._subs = []
+        self._subs, self._outcome_subs = [], []
         if self._held is not None:
             await self._held.stop()
         if self._monitor is not None:
@@ -209,6 +205,7 @@ class SchedulerService(Service):
         for task_id in set(self.held.tasks) - keys:
             if time.time() - self.held.tasks[task_id].record.submitted > 5.0:  # not one being written
                 self.held.remove(task_id)
+        await self._sync_outcome_watch()
         return adopted
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -217,6 +214,22 @@ class SchedulerService(Service):
         task.add_done_callback(self._background.discard)
 
     # --- outcomes of tasks ----------------------------------------------------------------------
+    async def _sync_outcome_watch(self) -> None:
+        """Listen to the end events of tasks only while some held task waits for one: otherwise
+        every task's done event would cost the scheduler a message. The subscription is made
+        before the dependency is queued (same connection, so the server has it first); the
+        held-task pass re-reads outcomes, covering anything missed in between."""
+        needed = self.held.has_dependents()
+        if needed and not self._outcome_subs:
+            self._outcome_subs = [
+                await self.nc.subscribe(self.subjects.task_events_of(kind), cb=self._on_outcome)
+                for kind in ("done", "failed", "cancelled")
+            ]
+        elif not needed and self._outcome_subs:
+            subs, self._outcome_subs = self._outcome_subs, []
+            for sub in subs:
+                await sub.unsubscribe()
+
     async def _on_outcome(self, msg: Msg) -> None:
         # Every task's done event lands here: only the id is read unless someone waits for it.
         parts = msg.subject.split(".")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from corral.errors import ValidationError
@@ -33,8 +34,14 @@ __all__ = ["Submitter"]
 
 class Submitter:
     def __init__(
-        self, settings: SchedulerSettings, store: TaskStore, queue: TaskQueue, held: HeldTasks
+        self,
+        settings: SchedulerSettings,
+        store: TaskStore,
+        queue: TaskQueue,
+        held: HeldTasks,
+        on_hold: Callable[[], Awaitable[None]],
     ) -> None:
+        self.on_hold = on_hold  # called after tasks are held, before their dependencies are queued
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -117,6 +124,8 @@ class Submitter:
             writes.append(await self.store.put_result_async(result))
             plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
         await asyncio.gather(*writes, *(self.store.hold(record.id) for record, _ in plan.held))
+        if plan.held:
+            await self.on_hold()
         try:
             acks = await self.queue.enqueue(plan.ready) if plan.ready else []
         except Exception:
