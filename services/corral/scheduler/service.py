@@ -53,7 +53,7 @@ from corral.scheduling.publisher import AsyncPublisher
 from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import LEVELS
 from corral.scheduling.settings import SchedulerSettings
-from corral.scheduling.store import TaskStore
+from corral.scheduling.store import TaskStore, overlay
 
 __all__ = ["SchedulerService"]
 
@@ -181,6 +181,8 @@ class SchedulerService(Service):
             await self._monitor.stop()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
+        if self._submitter is not None:
+            await self._submitter.flush()
 
     async def _load_held(self) -> None:
         """Rebuild the registry of held tasks from their index keys in KV."""
@@ -284,6 +286,8 @@ class SchedulerService(Service):
 
     async def _record(self, task_id: str) -> TaskRecord:
         record = await self.store.record(task_id)
+        if record is None and self._submitter is not None and task_id in self._submitter.pending:
+            record = overlay(self._submitter.pending[task_id], await self.store.result(task_id))
         if record is None:
             raise NotFoundError(f"no task {task_id!r}: `corral tasks` lists the tasks there are")
         return record
