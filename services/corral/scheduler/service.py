@@ -247,16 +247,18 @@ class SchedulerService(Service):
         records = [r for r, mine in zip(records, claims, strict=True) if mine]
         if not records:
             return
-        specs = [r.spec for r in records]
-        acks = await self._queue.enqueue(specs)
+        # The queued record replaces the held one only if no worker has written since (a fast
+        # task may finish before this write lands).
+        revisions = await asyncio.gather(*(self.store.revision(r.id) for r in records))
+        acks = await self._queue.enqueue([r.spec for r in records])
         now = time.time()
         writes = [
             await self.store.put_async(
-                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now)
+                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now), expect=rev
             )
-            for r, ack in zip(records, acks, strict=True)
+            for r, ack, rev in zip(records, acks, revisions, strict=True)
         ]
-        await asyncio.gather(*writes)
+        await asyncio.gather(*writes, return_exceptions=True)
 
     async def _cancel_held(self, record: TaskRecord, reason: str) -> None:
         if await self.store.claim(record.id):
@@ -369,9 +371,10 @@ class SchedulerService(Service):
         letter = await self.dlq.show(req.id)
         spec = letter.task
         await self.store.delete_result(spec.id)
+        revision = await self.store.revision(spec.id)
         acks = await self._queue.enqueue([spec], msg_ids=[f"{spec.id}.retry.{letter.seq}"])
         record = spec.record(status=Status.QUEUED, seq=acks[0].seq, queued=time.time())
-        await self.store.put(record)
+        await asyncio.gather(await self.store.put_async(record, expect=revision), return_exceptions=True)
         await self.dlq.remove(spec.id)
         event = _encode(
             TaskDone(id=spec.id, status=Status.QUEUED, reason="retried from the dead-letter queue")
