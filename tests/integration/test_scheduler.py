@@ -698,3 +698,20 @@ async def test_a_task_longer_than_the_lease_keeps_it(client: Client, settings: S
         handle = await client.submit("slow", {"seconds": 1.5})  # 2.5 leases
         assert await handle.result(timeout=5) == 1  # attempt 1 finished: never redelivered
     assert [(t, a) for t, _, a, _ in rec.runs] == [("slow", 1)]
+
+
+async def test_a_slow_reader_loses_deltas_but_not_snapshots_or_the_end(
+    client: Client, settings: ServiceSettings
+) -> None:
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        handle = await client.submit("progress", {"steps": 400, "pause": 0.3}, delay=0.3)
+        updates = []
+        async for update in handle.updates():
+            updates.append(update)
+            await asyncio.sleep(0.005)  # slower than the task publishes
+    kinds = [u.kind for u in updates]
+    assert kinds.count("progress") < 400  # deltas were dropped ...
+    assert kinds.count("snapshot") == 40  # ... snapshots were not
+    assert kinds[-1] == "done"
+    assert updates[-1].data.result == "done"

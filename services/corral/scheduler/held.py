@@ -79,6 +79,9 @@ class HeldTasks:
                         del self.dependents[dep]
         return held
 
+    def has_dependents(self) -> bool:
+        return bool(self.dependents)
+
     def is_awaited(self, task_id: str) -> bool:
         return task_id in self.dependents
 

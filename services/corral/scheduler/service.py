@@ -62,7 +62,7 @@ from corral.scheduling.publisher import AsyncPublisher
 from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import LEVELS
 from corral.scheduling.settings import SchedulerSettings
-from corral.scheduling.store import TaskStore
+from corral.scheduling.store import TaskStore, overlay
 
 __all__ = ["SchedulerService"]
 
@@ -107,6 +107,7 @@ class SchedulerService(Service):
         self.scheduler_settings = scheduler or SchedulerSettings.from_env()
         self.workers = Workers(expiry=max(10.0, 5 * self.settings.heartbeat_interval))
         self._subs: list[Subscription] = []
+        self._outcome_subs: list[Subscription] = []
         self._store: TaskStore | None = None
         self._queue: TaskQueue | None = None
         self._held: HeldTasks | None = None
@@ -148,17 +149,12 @@ class SchedulerService(Service):
             refresh=self._adopt_held,
             interval=min(2.0, s.monitor_interval),
         )
-        self._submitter = Submitter(s, self.store, self._queue, self._held)
+        self._submitter = Submitter(s, self.store, self._queue, self._held, self._sync_outcome_watch)
         self._dlq = DeadLetters(self.js, subjects)
         self._monitor = Monitor(self.js, subjects.tasks_stream, self.workers, interval=s.monitor_interval)
         await self._load_held()
-        self._subs = [
-            await self.nc.subscribe(subjects.worker_heartbeats_all, cb=self.workers.on_heartbeat),
-            *[
-                await self.nc.subscribe(subjects.task_events_of(kind), cb=self._on_outcome)
-                for kind in ("done", "failed", "cancelled")
-            ],
-        ]
+        self._subs = [await self.nc.subscribe(subjects.worker_heartbeats_all, cb=self.workers.on_heartbeat)]
+        await self._sync_outcome_watch()
         await self._held.start()
         await self._monitor.start()
         if not self._gauges:
@@ -195,15 +191,17 @@ class SchedulerService(Service):
     async def teardown(self) -> None:
         if self.recurring is not None:
             await self.recurring.stop()
-        for sub in self._subs:
+        for sub in [*self._subs, *self._outcome_subs]:
             await sub.unsubscribe()
-        self._subs = []
+        self._subs, self._outcome_subs = [], []
         if self._held is not None:
             await self._held.stop()
         if self._monitor is not None:
             await self._monitor.stop()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
+        if self._submitter is not None:
+            await self._submitter.flush()
 
     async def _load_held(self) -> None:
         """Rebuild the registry of held tasks from their index keys in KV."""
@@ -228,6 +226,7 @@ class SchedulerService(Service):
         for task_id in set(self.held.tasks) - keys:
             if time.time() - self.held.tasks[task_id].record.submitted > 5.0:  # not one being written
                 self.held.remove(task_id)
+        await self._sync_outcome_watch()
         return adopted
 
     # --- recurring tasks: corral.scheduler.recurring_runner, submitting through _submitter ------
@@ -268,6 +267,22 @@ class SchedulerService(Service):
         task.add_done_callback(self._background.discard)
 
     # --- outcomes of tasks ----------------------------------------------------------------------
+    async def _sync_outcome_watch(self) -> None:
+        """Listen to the end events of tasks only while some held task waits for one: otherwise
+        every task's done event would cost the scheduler a message. The subscription is made
+        before the dependency is queued (same connection, so the server has it first); the
+        held-task pass re-reads outcomes, covering anything missed in between."""
+        needed = self.held.has_dependents()
+        if needed and not self._outcome_subs:
+            self._outcome_subs = [
+                await self.nc.subscribe(self.subjects.task_events_of(kind), cb=self._on_outcome)
+                for kind in ("done", "failed", "cancelled")
+            ]
+        elif not needed and self._outcome_subs:
+            subs, self._outcome_subs = self._outcome_subs, []
+            for sub in subs:
+                await sub.unsubscribe()
+
     async def _on_outcome(self, msg: Msg) -> None:
         # Every task's done event lands here: only the id is read unless someone waits for it.
         parts = msg.subject.split(".")
@@ -283,16 +298,18 @@ class SchedulerService(Service):
         records = [r for r, mine in zip(records, claims, strict=True) if mine]
         if not records:
             return
-        specs = [r.spec for r in records]
-        acks = await self._queue.enqueue(specs)
+        # The queued record replaces the held one only if no worker has written since (a fast
+        # task may finish before this write lands).
+        revisions = await asyncio.gather(*(self.store.revision(r.id) for r in records))
+        acks = await self._queue.enqueue([r.spec for r in records])
         now = time.time()
         writes = [
             await self.store.put_async(
-                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now)
+                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now), expect=rev
             )
-            for r, ack in zip(records, acks, strict=True)
+            for r, ack, rev in zip(records, acks, revisions, strict=True)
         ]
-        await asyncio.gather(*writes)
+        await asyncio.gather(*writes, return_exceptions=True)
 
     async def _cancel_held(self, record: TaskRecord, reason: str) -> None:
         if await self.store.claim(record.id):
@@ -322,6 +339,8 @@ class SchedulerService(Service):
 
     async def _record(self, task_id: str) -> TaskRecord:
         record = await self.store.record(task_id)
+        if record is None and self._submitter is not None and task_id in self._submitter.pending:
+            record = overlay(self._submitter.pending[task_id], await self.store.result(task_id))
         if record is None:
             raise NotFoundError(f"no task {task_id!r}: `corral tasks` lists the tasks there are")
         return record
@@ -403,9 +422,10 @@ class SchedulerService(Service):
         letter = await self.dlq.show(req.id)
         spec = letter.task
         await self.store.delete_result(spec.id)
+        revision = await self.store.revision(spec.id)
         acks = await self._queue.enqueue([spec], msg_ids=[f"{spec.id}.retry.{letter.seq}"])
         record = spec.record(status=Status.QUEUED, seq=acks[0].seq, queued=time.time())
-        await self.store.put(record)
+        await asyncio.gather(await self.store.put_async(record, expect=revision), return_exceptions=True)
         await self.dlq.remove(spec.id)
         event = _encode(
             TaskDone(id=spec.id, status=Status.QUEUED, reason="retried from the dead-letter queue")

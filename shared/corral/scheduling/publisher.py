@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Final
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Ack", "AsyncPublisher", "PublishRefused"]
+__all__ = ["EXPECT_NEW", "WRONG_LAST_SEQUENCE", "Ack", "AsyncPublisher", "PublishRefused"]
+
+# Headers of a create-only KV write, and the error JetStream answers when the key exists.
+EXPECT_NEW: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
+WRONG_LAST_SEQUENCE: Final = 10071
 
 
 class Ack(msgspec.Struct):

@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from corral.scheduling.messages import FINAL, Status, TaskRecord, TaskResult
-from corral.scheduling.publisher import Ack, AsyncPublisher
+from corral.scheduling.publisher import EXPECT_NEW, Ack, AsyncPublisher
 from corral.scheduling.resources import CHECKPOINT_KEY, HELD_KEY, RECORD_KEY, Buckets
 from corral.subjects import Subjects
 
@@ -79,10 +79,25 @@ class TaskStore:
         record = await self.record(task_id)
         return None if record is None else record.status
 
-    async def put_async(self, record: TaskRecord) -> asyncio.Future[Ack]:
-        """Send the record now; await the returned future (with others) for its acknowledgement."""
+    async def put_async(
+        self, record: TaskRecord, *, create: bool = False, expect: int | None = None
+    ) -> asyncio.Future[Ack]:
+        """Send the record now; await the returned future (with others) for its acknowledgement.
+        `create`: only if there is no record yet; `expect`: only if the record is still at that
+        revision (refused with err_code 10071 otherwise: a worker wrote its final record first)."""
         subject = f"$KV.{self.subjects.tasks_bucket}.{RECORD_KEY.format(record.id)}"
-        return await self.publisher.publish(subject, _encode(record))
+        headers = EXPECT_NEW if create else None
+        if expect is not None:
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(expect)}
+        return await self.publisher.publish(subject, _encode(record), headers)
+
+    async def revision(self, task_id: str) -> int:
+        """The revision of a task's record (0: none)."""
+        try:
+            entry = await self.buckets.tasks.get(RECORD_KEY.format(task_id))
+        except nats.js.errors.KeyNotFoundError:
+            return 0
+        return int(entry.revision or 0)
 
     async def put_result_async(self, result: TaskResult) -> asyncio.Future[Ack]:
         subject = f"$KV.{self.subjects.results_bucket}.{result.id}"

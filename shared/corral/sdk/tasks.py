@@ -274,7 +274,12 @@ class Tasks:
 
     async def result_of(self, task_id: str) -> TaskResult | None:
         if self._results_kv is None:
-            self._results_kv = await self.nc.jetstream().key_value(self.subjects.results_bucket)
+            try:
+                self._results_kv = await self.nc.jetstream().key_value(self.subjects.results_bucket)
+            except nats.js.errors.BucketNotFoundError as exc:
+                raise UnavailableError(
+                    f"no results bucket {self.subjects.results_bucket}: has the scheduler started once?"
+                ) from exc
         try:
             entry = await self._results_kv.get(task_id)
         except nats.js.errors.KeyNotFoundError:
