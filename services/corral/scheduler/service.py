@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from corral.bus import ensure_stream, events_stream_spec
+from corral.config import RecurringConfig
 from corral.errors import NotFoundError, UnavailableError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.runtime import RequestContext, Service, ServiceSettings
@@ -31,6 +32,14 @@ from corral.scheduler.dlq import DeadLetters
 from corral.scheduler.held import HeldTasks
 from corral.scheduler.monitor import Monitor, Workers
 from corral.scheduler.queue import TaskQueue
+from corral.scheduler.recurring_api import register_recurring_endpoints
+from corral.scheduler.recurring_runner import (
+    RecurringRunner,
+    TickCollector,
+    TickSubmission,
+    TickSubmitted,
+    recurring_from_env,
+)
 from corral.scheduler.submit import Submitter
 from corral.scheduling.messages import (
     FINAL,
@@ -85,8 +94,13 @@ def _jetstream_errors(func: Callable[..., Awaitable[R]]) -> Callable[..., Awaita
 
 class SchedulerService(Service):
     def __init__(
-        self, settings: ServiceSettings | None = None, scheduler: SchedulerSettings | None = None
+        self,
+        settings: ServiceSettings | None = None,
+        scheduler: SchedulerSettings | None = None,
+        *,
+        recurring: dict[str, RecurringConfig] | None = None,
     ) -> None:
+        """`recurring`: the schedules of corral.toml (default: from the `CORRAL_CONFIG` file)."""
         super().__init__(
             "scheduler", settings=settings, description="corral scheduler: durable priority task queue"
         )
@@ -102,6 +116,8 @@ class SchedulerService(Service):
         self._monitor: Monitor | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._gauges = False
+        self._recurring_configured = recurring
+        self.recurring: RecurringRunner | None = None
 
     # --- wiring ---------------------------------------------------------------------------------
     @property
@@ -170,8 +186,11 @@ class SchedulerService(Service):
             ("dlq.purge", DlqPurgeRequest, self._dlq_purge),
         ):
             self.endpoint(verb, payload_type)(_jetstream_errors(handler))
+        await self._start_recurring()
 
     async def teardown(self) -> None:
+        if self.recurring is not None:
+            await self.recurring.stop()
         for sub in [*self._subs, *self._outcome_subs]:
             await sub.unsubscribe()
         self._subs, self._outcome_subs = [], []
@@ -209,6 +228,38 @@ class SchedulerService(Service):
                 self.held.remove(task_id)
         await self._sync_outcome_watch()
         return adopted
+
+    # --- recurring tasks: corral.scheduler.recurring_runner, submitting through _submitter ------
+    async def _start_recurring(self) -> None:
+        if self._recurring_configured is None:
+            self._recurring_configured = recurring_from_env()
+        if self.recurring is None:  # once per process: restart() runs setup() again
+            self.metrics.registry.register(
+                TickCollector(self.metrics.prefix, lambda: self.recurring.trackers if self.recurring else {})
+            )
+        self.recurring = RecurringRunner(
+            self.nc,
+            self.js,
+            self.subjects,
+            self._submit_tick,
+            configured=self._recurring_configured,
+            instance=self.instance,
+        )
+        register_recurring_endpoints(self, self.recurring)
+        await self.recurring.start()
+
+    async def _submit_tick(self, tick: TickSubmission) -> TickSubmitted:
+        assert self._submitter is not None
+        request = SubmitRequest(
+            type=tick.type,
+            payload=tick.payload,
+            name=tick.name,
+            priority=tick.priority,
+            capabilities=tick.capabilities,
+            idempotency_key=tick.idempotency_key,
+        )
+        [reply] = await self._submitter.submit([request])
+        return TickSubmitted(reply.id, reply.duplicate)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
