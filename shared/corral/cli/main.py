@@ -14,6 +14,7 @@ from corral.bus import BusSettings
 from corral.cli import calls, commands
 from corral.cli import config_cmd as config_cli
 from corral.cli import events as events_cli
+from corral.cli import recurring as recurring_cli
 from corral.cli import state as state_cli
 from corral.cli import tasks as tasks_cli
 from corral.cli.up import run_up
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     events_cli.add_parser(sub)
     config_cli.add_parser(sub)
     tasks_cli.add_parsers(sub)
+    recurring_cli.add_parser(sub)
     return parser
 
 
@@ -120,6 +122,7 @@ _SUBCOMMANDS: dict[str, SubcommandRunner] = {
     "events": events_cli.run,
     "state": state_cli.run,
     "config": config_cli.run,
+    "recurring": recurring_cli.run,
     **dict.fromkeys(tasks_cli.COMMANDS, tasks_cli.run),
 }
 
