@@ -596,7 +596,7 @@ async def test_stopping_a_worker_lets_running_tasks_finish_and_hands_back_the_re
     quick = await client.submit("slow", {"seconds": 0.3})
     stuck = await client.submit("block", {})
     await asyncio.wait_for(rec.started.wait(), 5)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(worker.running.running) == 2)  # both are running
     await worker.stop()  # drains: `quick` finishes, `stuck` is NAKed back at the drain timeout
     assert (await quick.record()).status == "succeeded"
     assert (await stuck.record()).status != "succeeded"
