@@ -20,7 +20,7 @@ class HealthSettings(msgspec.Struct, kw_only=True, frozen=True):
     `CORRAL_HEALTH_UNHEALTHY_THRESHOLD`, `CORRAL_HEALTH_VIOLATION_WINDOW`,
     `CORRAL_HEALTH_UNHEALTHY_WINDOW` (seconds, except the threshold)."""
 
-    check_interval: Seconds = 2.0  # seconds between check rounds (pings and module checks)
+    check_interval: Seconds = 10.0  # seconds between check rounds (module checks, service pings)
     check_timeout: Seconds = 1.0  # seconds an instance has to answer a check
     unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3  # missed beats / failed rounds
     violation_window: Seconds = 5.0  # over a limit this long: event, throttle, degraded
