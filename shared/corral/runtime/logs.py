@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -11,7 +12,10 @@ import msgspec
 
 from corral.tracing import trace_id_of, traceparent_var
 
-__all__ = ["configure_logging", "current_trace_id", "trace_id_from_traceparent"]
+__all__ = ["configure_logging", "current_trace_id", "trace_id_from_traceparent", "trace_id_var"]
+
+# A trace id set without a traceparent (older callers); the current traceparent's wins.
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("corral_trace_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -21,7 +25,7 @@ _encoder = msgspec.json.Encoder()
 def current_trace_id() -> str | None:
     """The trace id of the request being served (read from its traceparent when asked, so a
     request that logs nothing pays nothing for it)."""
-    return trace_id_of(traceparent_var.get())
+    return trace_id_of(traceparent_var.get()) or trace_id_var.get()
 
 
 trace_id_from_traceparent = trace_id_of
