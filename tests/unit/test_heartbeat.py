@@ -31,13 +31,21 @@ class CountingProbe(ProcessProbe):
 
 
 def test_cpu_percent_is_cpu_time_over_wall_time_since_the_last_read() -> None:
-    cpu, wall = Clock(5.0), Clock(100.0)
+    cpu, wall = Clock(0.0), Clock(100.0)
     probe = ProcessProbe(cpu_clock=cpu, clock=wall)
+    cpu.now = 5.0
+    assert probe.read()[0] > 0  # the first read: the process's life so far
     cpu.now, wall.now = 5.25, 101.0  # a quarter of a core over one second
     assert probe.read()[0] == 25.0
     cpu.now, wall.now = 6.75, 102.0  # two threads busy: more than one core
     assert probe.read()[0] == 150.0
     assert probe.read()[0] == 0.0  # no time passed: 0, not a division by zero
+
+
+def test_the_first_read_is_the_average_since_the_process_started() -> None:
+    first = ProcessProbe().read()[0]
+    # This test process has been busy importing and testing, but not on more than a few cores.
+    assert 0.0 < first < 400.0
 
 
 def test_the_slow_figures_are_real_and_refreshed_every_few_reads() -> None:

@@ -33,7 +33,8 @@ REFRESH_EVERY = 10  # beats between psutil reads of rss, threads and open fds
 
 
 class ProcessProbe:
-    """This process's cpu % (since the previous read), rss, threads and open fds."""
+    """This process's cpu % (since the previous read; the first: since it started), rss,
+    threads and open fds."""
 
     def __init__(
         self,
@@ -48,7 +49,9 @@ class ProcessProbe:
         self.host = socket.gethostname()
         self.refresh_every = refresh_every
         self._cpu_clock, self._clock = cpu_clock, clock
-        self._last_cpu, self._last_wall = cpu_clock(), clock()
+        # The first read covers the process's life so far (the CPU clock starts at 0 with it).
+        age = max(1e-3, time.time() - self.process.create_time())
+        self._last_cpu, self._last_wall = 0.0, clock() - age
         self._reads = 0
         self._slow: tuple[int, int, int] = (0, 0, 0)
 
