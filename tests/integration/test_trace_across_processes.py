@@ -127,12 +127,12 @@ async def test_one_request_is_found_by_its_trace_id_in_every_process(
 
     for trace_id, n in ((sdk_trace.trace_id, 1), (cli_trace_id, 2)):
         in_orchestrator = [line["msg"] for line in orchestrator.lines() if line.get("trace_id") == trace_id]
-        assert len(in_orchestrator) == 1, in_orchestrator
-        assert in_orchestrator[0].startswith(f"served {prefix}.send.traced: ok in ")
+        served = [m for m in in_orchestrator if m.startswith(f"served {prefix}.send.traced: ok in ")]
+        assert len(served) == 1, in_orchestrator
 
         in_module = [line["msg"] for line in module.lines() if line.get("trace_id") == trace_id]
-        assert len(in_module) == 2, in_module
-        assert in_module[0] == f"echoing {{'n': {n}}}"
-        assert in_module[1].startswith(f"served {prefix}.mod.traced.echo: ok in ")
+        assert in_module.count(f"echoing {{'n': {n}}}") == 1, in_module
+        served = [m for m in in_module if m.startswith(f"served {prefix}.mod.traced.echo: ok in ")]
+        assert len(served) == 1, in_module
     # Log lines outside a request carry no trace id.
     assert {line.get("trace_id") for line in module.lines() if "started" in line["msg"]} == {None}
