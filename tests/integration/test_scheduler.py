@@ -23,6 +23,7 @@ from corral.scheduler.service import SchedulerService
 from corral.scheduling.ids import id_for_key
 from corral.scheduling.settings import SchedulerSettings
 from corral.sdk import Client, TaskCancelledError, TaskContext, TaskFailedError, Worker
+from corral.tracing import traceparent_var
 from tests.integration.scheduler_helpers import FAST, call, fails, ok
 
 
@@ -572,6 +573,22 @@ async def test_traceparent_reaches_the_worker_and_its_events(
     await sub.unsubscribe()
     assert result == {"traceparent": traceparent, "trace_id": "0af7651916cd43dd8448eb211c80319c"}
     assert seen == [traceparent]
+
+
+async def test_a_submission_made_while_serving_a_trace_continues_it(
+    client: Client, settings: ServiceSettings
+) -> None:
+    serving = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        token = traceparent_var.set(serving)  # as the runtime does for the request it serves
+        try:
+            handle = await client.submit("trace", {})
+        finally:
+            traceparent_var.reset(token)
+        result = await handle.result(timeout=5)
+    assert result["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert result["traceparent"] != serving  # a child span of the request, not the request itself
 
 
 async def test_status_counts_queued_tasks_by_priority(
