@@ -11,7 +11,9 @@ dependencies has an instance that says it is ready:
 * a module that has no status verb (a WebAssembly module, which serves as soon as it is
   registered) counts as ready once it is registered with the Services API.
 
-Asking is fresh (no heartbeat ages to guess) and needs no other service. A module without
+A dependency the orchestrator's lifecycle manages (it is in the module registry) counts as ready
+exactly when its lifecycle state is running or degraded; the lifecycle wakes the gate on every
+state change. Asking is fresh (no heartbeat ages to guess) and needs no other service. A module without
 dependencies is told at once. Modules re-register every few seconds while they wait, so the gate
 rebuilds itself after an orchestrator restart and a lost `ready` is sent again.
 """
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -55,8 +58,19 @@ class RegisterReply(msgspec.Struct):
 
 class ReadinessGate:
     def __init__(
-        self, nc: Client, subjects: Subjects, *, interval: float = 0.5, status_wait: float = 0.25
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        interval: float = 0.5,
+        status_wait: float = 0.25,
+        is_up: Callable[[str], bool | None] | None = None,
+        on_told: Callable[[str], None] | None = None,
     ) -> None:
+        """`is_up(module)`: the lifecycle's answer for a module it manages, None for others;
+        `on_told(module)` runs after each `ready` sent."""
+        self.is_up = is_up
+        self.on_told = on_told
         self.nc = nc
         self.subjects = subjects
         self.interval = interval
@@ -90,6 +104,11 @@ class ReadinessGate:
         pending = [dep for dep in reg.depends_on if dep not in self._ready_deps]
         return RegisterReply(reg.module, reg.instance, list(reg.depends_on), pending)
 
+    def wake(self) -> None:
+        """Check now (a dependency may have changed state)."""
+        if self.waiting:
+            self._wake.set()
+
     def snapshot(self) -> dict[str, list[str]]:
         """Waiting module -> its dependencies."""
         return {name: list(w.depends_on) for name, w in sorted(self.waiting.items())}
@@ -117,6 +136,9 @@ class ReadinessGate:
                 await self._tell_ready(name, waiting.depends_on)
 
     async def _is_ready(self, dep: str) -> bool:
+        managed = self.is_up(dep) if self.is_up is not None else None
+        if managed is not None:
+            return managed
         prefix = self.subjects.prefix
         statuses = await module_statuses(self.nc, prefix, dep, wait=self.status_wait, until_ready=True)
         if statuses:
@@ -131,3 +153,5 @@ class ReadinessGate:
     async def _tell_ready(self, module: str, depends_on: list[str]) -> None:
         log.info("module %s: dependencies ready (%s); telling it to serve", module, ", ".join(depends_on))
         await self.nc.publish(self.subjects.modctl(module, "ready"), _encode({"dependencies": depends_on}))
+        if self.on_told is not None:
+            self.on_told(module)
