@@ -74,8 +74,28 @@ def start_order(graph: Graph) -> list[str]:
     return [name for layer in start_layers(graph) for name in layer]
 
 
-def stop_order(graph: Graph) -> list[str]:
-    return list(reversed(start_order(graph)))
+def stop_order(graph: Graph, started: Sequence[str] = ()) -> list[str]:
+    """Dependents before what they depend on. Among modules free to stop, the one that started
+    last goes first (`started`: names in the order they came up), so a system stops in exactly
+    the reverse of its start order; the rest in reverse start_order."""
+    fallback = list(reversed(start_order(graph)))
+    rank = {name: i for i, name in enumerate(started)}
+    position = {name: i for i, name in enumerate(fallback)}
+    remaining_dependents = {name: 0 for name in graph}
+    for deps in graph.values():
+        for dep in deps:
+            remaining_dependents[dep] += 1
+    order: list[str] = []
+    free = [name for name, count in remaining_dependents.items() if count == 0]
+    while free:
+        free.sort(key=lambda n: (-rank.get(n, -1), position[n]))
+        name = free.pop(0)
+        order.append(name)
+        for dep in graph[name]:
+            remaining_dependents[dep] -= 1
+            if remaining_dependents[dep] == 0:
+                free.append(dep)
+    return order
 
 
 def dependents(graph: Graph, name: str) -> list[str]:

@@ -110,6 +110,7 @@ class Lifecycle:
         self._background: set[asyncio.Task[Any]] = set()
         self._event_ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:8]
+        self.started_order: list[str] = []  # modules in the order they last came up
         self.on_change: list[Any] = []  # callbacks run on every state change (the readiness gate)
 
     # --- leadership ----------------------------------------------------------------------------
@@ -291,7 +292,7 @@ class Lifecycle:
                         failed.add(name)
                         skipped[name] = f"optional module did not start: {exc}"
                     elif isinstance(exc, StartFailed):
-                        raise SystemStartError(f"required module {name} did not start: {exc}") from exc
+                        raise SystemStartError(f"{exc}\n{name} is required, so startup was aborted") from exc
                     else:
                         raise exc
         except BaseException as exc:
@@ -301,7 +302,7 @@ class Lifecycle:
             rolled = await self._stop_modules([r.module for r in reversed(started)], "startup rolled back")
             if isinstance(exc, SystemStartError):
                 names = ", ".join(r.module for r in rolled) or "nothing"
-                raise SystemStartError(f"{exc}\nstopped again, in reverse order: {names}") from None
+                raise SystemStartError(f"{exc}; stopped again, in reverse order: {names}") from None
             raise
         system = "degraded" if skipped else "running"
         return StartReport(system, started, skipped, round(time.monotonic() - began, 3))
@@ -316,7 +317,7 @@ class Lifecycle:
         self._require_active()
         async with self.lock:
             began = time.monotonic()
-            order = graph.stop_order(self._graph())
+            order = graph.stop_order(self._graph(), self.started_order)
             stopped = await self._stop_modules(order, "stop_system", timeout)
             return StopReport(stopped, round(time.monotonic() - began, 3))
 
@@ -354,7 +355,8 @@ class Lifecycle:
     async def _system_restart(self, module: str, reason: str) -> None:
         log.warning("critical module %s failed (%s): restarting the whole system", module, reason)
         async with self.lock:
-            await self._stop_modules(graph.stop_order(self._graph()), f"system restart for {module}")
+            order = graph.stop_order(self._graph(), self.started_order)
+            await self._stop_modules(order, f"system restart for {module}")
             try:
                 await self._start_system()
             except SystemStartError as exc:
@@ -367,6 +369,11 @@ class Lifecycle:
             with contextlib.suppress(StartFailed):
                 await sup.stop("leader changed during startup")
                 await sup.start("resumed by the new leader")
+
+    def came_up(self, name: str) -> None:
+        if name in self.started_order:
+            self.started_order.remove(name)
+        self.started_order.append(name)
 
     # --- one module ----------------------------------------------------------------------------
     def supervisor(self, name: str) -> ModuleSupervisor:

@@ -58,6 +58,7 @@ class SupervisorContext(Protocol):
     def ready_signal(self, module: str) -> asyncio.Event: ...
     def last_heartbeat(self, instance: str) -> float | None: ...
     def state_changed(self) -> None: ...
+    def came_up(self, module: str) -> None: ...
 
 
 @dataclass
@@ -137,6 +138,7 @@ class ModuleSupervisor:
             raise
         took = self.clock() - began
         await self._set(ModuleState.RUNNING, f"every instance answered readiness in {took:.2f}s")
+        self.ctx.came_up(self.name)
         return took
 
     async def _launch(self, *, reset: bool = False) -> str:
@@ -187,8 +189,8 @@ class ModuleSupervisor:
                 if instance in self.exits:
                     tail = log_tail(self.ctx.launcher.log_file(self.name))
                     raise StartFailed(
-                        f"instance {instance} {self.exits[instance]} during startup; last lines of "
-                        f"{self.ctx.launcher.log_file(self.name)}:\n{tail}",
+                        f"module {self.name} {self.exits[instance]} during startup (instance {instance}); "
+                        f"last lines of {self.ctx.launcher.log_file(self.name)}:\n{tail}",
                         instance,
                     )
             found = await ready_instances(self.ctx.nc, self.ctx.subjects, self.name, since=since)
@@ -212,7 +214,7 @@ class ModuleSupervisor:
                     else "not registered"
                 )
                 raise StartFailed(
-                    f"{waiting} did not answer readiness within {timeout:g}s ({seen})",
+                    f"module {self.name}: {waiting} did not answer readiness within {timeout:g}s ({seen})",
                     next(iter(sorted(pending))) if pending else "",
                 )
             signal.clear()
