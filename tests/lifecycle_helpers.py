@@ -27,6 +27,13 @@ def probe(depends_on: list[str] | None = None, **fields: Any) -> ModuleConfig:
     return msgspec.convert(body, ModuleConfig)
 
 
+def journal(path: Path) -> list[list[str]]:
+    """The probe modules' journal: one [module, event, pid, time] per line."""
+    if not path.exists():
+        return []
+    return [line.split(" ", 3) for line in path.read_text().splitlines()]
+
+
 def system(tmp_path: Path, modules: dict[str, ModuleConfig], **fields: Any) -> SystemConfig:
     config = SystemConfig(modules=modules, log_dir=str(tmp_path / "logs"), **fields)
     config.root = str(tmp_path)
@@ -64,6 +71,8 @@ class EventLog:
     async def attach(self, nc: Client, prefix: str) -> None:
         async def on_event(msg: Any) -> None:
             body = json.loads(msg.data)
+            if "module" not in body:
+                return  # a leadership event
             (self.alerts if msg.subject.endswith(".alert") else self.events).append(body)
             self.changed.set()
 
@@ -75,6 +84,13 @@ class EventLog:
 
     def became(self, state: str) -> list[str]:
         return [e["module"] for e in self.events if e["new"] == state]
+
+    def reasons(self, module: str) -> list[str]:
+        return [e["reason"] for e in self.events if e["module"] == module]
+
+    def state(self, module: str) -> str | None:
+        states = [e["new"] for e in self.events if e["module"] == module]
+        return states[-1] if states else None
 
     async def wait_for(self, predicate: Any, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):

@@ -77,7 +77,8 @@ def start_order(graph: Graph) -> list[str]:
 def stop_order(graph: Graph, started: Sequence[str] = ()) -> list[str]:
     """Dependents before what they depend on. Among modules free to stop, the one that started
     last goes first (`started`: names in the order they came up), so a system stops in exactly
-    the reverse of its start order; the rest in reverse start_order."""
+    the reverse of its start order. Modules not in `started` (not up, or adopted) go as early
+    as the graph lets them, in reverse start_order, so they hold nothing up."""
     fallback = list(reversed(start_order(graph)))
     rank = {name: i for i, name in enumerate(started)}
     position = {name: i for i, name in enumerate(fallback)}
@@ -88,7 +89,7 @@ def stop_order(graph: Graph, started: Sequence[str] = ()) -> list[str]:
     order: list[str] = []
     free = [name for name, count in remaining_dependents.items() if count == 0]
     while free:
-        free.sort(key=lambda n: (-rank.get(n, -1), position[n]))
+        free.sort(key=lambda n: (-rank.get(n, len(rank)), position[n]))
         name = free.pop(0)
         order.append(name)
         for dep in graph[name]:

@@ -93,6 +93,10 @@ class Subjects:
     def events_stream_subjects(self) -> list[str]:
         return [f"{self.prefix}.evt.{source}.>" for source in EVENT_SOURCES]
 
+    def leader_event(self, lease: str) -> str:
+        """Leadership gained or lost by a replica (`lifecycle` so CORRAL_EVENTS keeps it)."""
+        return self.event("lifecycle", "leader", lease)
+
     def message_event(self, type_: str) -> str:
         """Live copies of routed messages of one type, for subscribers by type."""
         return f"{self.prefix}.evt.message.{type_}"

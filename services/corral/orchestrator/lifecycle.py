@@ -123,7 +123,6 @@ class Lifecycle:
         runs. Returns the modules adopted."""
         if self.active:
             return []
-        self.active = True
         records = await self.registry.load()
         for name, module in self.config.modules.items():
             record = records.get(name)
@@ -153,6 +152,7 @@ class Lifecycle:
                 self._spawn(self._resume_start(name))
         if adopted:
             log.info("adopted %s from the registry", ", ".join(adopted))
+        self.active = True  # only now: requests that arrived meanwhile were held by the router
         return adopted
 
     async def deactivate(self) -> None:
@@ -299,12 +299,14 @@ class Lifecycle:
             for task in running.values():
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
+            started.sort(key=lambda r: self.started_order.index(r.module))
             rolled = await self._stop_modules([r.module for r in reversed(started)], "startup rolled back")
             if isinstance(exc, SystemStartError):
                 names = ", ".join(r.module for r in rolled) or "nothing"
                 raise SystemStartError(f"{exc}; stopped again, in reverse order: {names}") from None
             raise
         system = "degraded" if skipped else "running"
+        started.sort(key=lambda r: self.started_order.index(r.module))  # the order they came up
         return StartReport(system, started, skipped, round(time.monotonic() - began, 3))
 
     async def _mark_skipped(self, name: str, reason: str) -> None:

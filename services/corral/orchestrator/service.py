@@ -8,6 +8,7 @@ call policies (timeout, breaker, bulkhead per module); modules without an entry 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -39,6 +40,8 @@ from corral.orchestrator.messages import (
     StopModule,
     StopSystem,
 )
+from corral.orchestrator.forwarding import LeaderRouter
+from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.records import ModuleRecord, RecoveryEntry
 from corral.orchestrator.router import CallRouter
@@ -47,8 +50,11 @@ from corral.orchestrator.subscriptions import Subscriptions
 from corral.policy import CallPolicy
 from corral.protocol import ModuleRegistration
 from corral.runtime import RequestContext, Service, ServiceSettings
+from corral.runtime.endpoints import typed_handler
 
 __all__ = ["OrchestratorService"]
+
+log = logging.getLogger("corral.orchestrator")
 
 ModuleName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
 TypeName = ModuleName
@@ -79,10 +85,12 @@ class OrchestratorService(Service):
         default_policy: CallPolicy | None = None,
         call_timeout: float | None = None,
         config: SystemConfig | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         """`config`: the system (default: the file named by CORRAL_CONFIG, else no modules);
         `policies` per module (default: from `config`) and `default_policy` for the rest;
-        `call_timeout` is a shortcut for a default policy with that timeout."""
+        `call_timeout` is a shortcut for a default policy with that timeout. `lease_ttl` (default
+        `CORRAL_LEASE_TTL` or 6 s) is how long the leader's lease lasts unrenewed."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
@@ -101,8 +109,14 @@ class OrchestratorService(Service):
         self.subscriptions = Subscriptions()
         self.gate: ReadinessGate | None = None
         self.lifecycle: Lifecycle | None = None
+        self.leader_router: LeaderRouter | None = None
+        self.lease_ttl = lease_ttl or float(os.environ.get("CORRAL_LEASE_TTL") or DEFAULT_TTL)
+        self.leadership: Leadership | None = None
 
     async def setup(self) -> None:
+        # Unique per process, like the breaker replica id, so `leader` names one replica.
+        replica = f"{self.instance}-{uuid.uuid4().hex[:6]}"
+        self.leadership = Leadership(self.js, self.subjects, replica, ttl=self.lease_ttl)
         self.board = BreakerBoard(
             self.js,
             self.subjects,
@@ -135,28 +149,57 @@ class OrchestratorService(Service):
             self.js,
             self.subjects,
             self.config,
-            leader_id=self.instance,
+            leader_id=replica,
             nats_url=",".join(self.settings.bus.servers),
         )
         await lifecycle.open()
         self.gate = ReadinessGate(self.nc, self.subjects, is_up=self._is_up, on_told=lifecycle.tell_ready)
         lifecycle.on_change.append(self.gate.wake)
         self.gate.start()
-        self.endpoint("register", Registration)(self._register_module)
-        self.endpoint("deregister", Deregister)(self._deregister)
-        self.endpoint("start_system")(self._start_system)
-        self.endpoint("stop_system", StopSystem)(self._stop_system)
-        self.endpoint("start", ModuleRef)(self._start)
-        self.endpoint("stop", StopModule)(self._stop)
-        self.endpoint("restart", ModuleRef)(self._restart)
+        leadership = self.leadership
+        self.leader_router = LeaderRouter(
+            self.nc,
+            self.subjects,
+            lambda: lifecycle.active and leadership.is_leader,
+            wait=self.lease_ttl * 2 + 1,
+        )
+        # Lifecycle verbs act, so the leader serves them; any replica forwards them there.
+        budget = 60.0 + sum(m.startup_timeout + m.stop_timeout for m in self.config.modules.values())
+        self._leader_endpoint("register", Registration, self._register_module, timeout=10.0)
+        self._leader_endpoint("deregister", Deregister, self._deregister, timeout=budget)
+        self._leader_endpoint("start_system", None, self._start_system, timeout=budget)
+        self._leader_endpoint("stop_system", StopSystem, self._stop_system, timeout=budget)
+        self._leader_endpoint("start", ModuleRef, self._start, timeout=budget)
+        self._leader_endpoint("stop", StopModule, self._stop, timeout=budget)
+        self._leader_endpoint("restart", ModuleRef, self._restart, timeout=budget)
+        # Reads: every replica answers from KV corral_modules.
         self.endpoint("registry")(self._registry)
         self.endpoint("module", ModuleRef)(self._module)
         self.endpoint("recovery.history", HistoryRequest)(self._history)
         self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
-        if self.leads_alone:
-            await lifecycle.activate()
+        leadership.on_change(self._on_leadership)
+        await leadership.start()
 
-    leads_alone = True  # replaced by leader election when replicas run side by side
+    def _leader_endpoint(self, verb: str, payload_type: Any, func: Any, *, timeout: float) -> None:
+        assert self.leader_router is not None
+        handler = typed_handler(verb, payload_type, func, self.settings.max_request_bytes)
+        self.add_endpoint(
+            verb.replace(".", "-"),
+            self.subjects.service(self.name, verb),
+            self.leader_router.wrap(verb, handler, timeout=timeout),
+            response_type=verb,
+        )
+
+    async def _on_leadership(self, leading: bool) -> None:
+        assert self.lifecycle is not None and self.leader_router is not None
+        if leading:
+            adopted = await self.lifecycle.activate()
+            await self.leader_router.lead()
+            log.info("leading: supervising %d modules (adopted %s)", len(self.lifecycle.supervisors), adopted)
+        else:
+            await self.leader_router.follow()
+            await self.lifecycle.deactivate()
+            log.info("not leading: modules are left running for the new leader")
 
     def _is_up(self, module: str) -> bool | None:
         assert self.lifecycle is not None
@@ -164,7 +207,10 @@ class OrchestratorService(Service):
         return None if state is None else state in UP_STATES
 
     async def teardown(self) -> None:
-        # Modules keep running: a restarted orchestrator, or a standby, adopts them.
+        # Leadership first: losing the lease detaches the lifecycle, and modules keep running
+        # (a standby, or this orchestrator started again, adopts them).
+        if self.leadership is not None:
+            await self.leadership.stop()
         if self.lifecycle is not None:
             await self.lifecycle.close()
         if self.gate is not None:
@@ -184,6 +230,7 @@ class OrchestratorService(Service):
             "module_states": states,
             **(await self._stats(None, ctx)),
             "waiting_for_dependencies": self.gate.snapshot() if self.gate else {},
+            "leadership": self.leadership.snapshot() if self.leadership else None,
         }
 
     async def _stats(self, _: None, ctx: RequestContext) -> dict[str, Any]:
