@@ -25,7 +25,9 @@ GIVE_UP = "give_up"
 class Decision(msgspec.Struct, kw_only=True):
     action: str  # a strategy name, or "give_up"
     delay: float  # seconds to wait before acting
-    attempt: int  # this recovery's number within the window (1-based), 0 for give_up and manual
+    # This recovery's number within the window (1-based); for give_up and manual, the attempts
+    # spent at the strategy that ran out (0 when manual is the first strategy).
+    attempt: int
     max_attempts: int
     reason: str  # one line for the lifecycle event and the recovery history
     escalated_from: str = ""  # the strategy whose intensity ran out, when this decision escalated
@@ -78,14 +80,15 @@ class RecoveryPlanner:
         strategy = self.strategy
         if strategy == GIVE_UP:
             return Decision(
-                action=GIVE_UP, delay=0.0, attempt=0, max_attempts=policy.max_attempts,
+                action=GIVE_UP, delay=0.0, attempt=policy.max_attempts, max_attempts=policy.max_attempts,
                 reason=f"restart intensity limit reached: {limit}; giving up after: {failure}",
                 escalated_from=escalated_from,
             )  # fmt: skip
         if strategy == "manual":
             why = f"restart intensity limit reached: {limit}; " if limit else ""
             return Decision(
-                action="manual", delay=0.0, attempt=0, max_attempts=policy.max_attempts,
+                action="manual", delay=0.0, attempt=policy.max_attempts if escalated_from else 0,
+                max_attempts=policy.max_attempts,
                 reason=f"{why}waiting for an operator (strategy manual) after: {failure}",
                 escalated_from=escalated_from,
             )  # fmt: skip

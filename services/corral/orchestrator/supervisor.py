@@ -341,9 +341,10 @@ class ModuleSupervisor:
             )  # fmt: skip
             await self.ctx.add_history(self.name, entry)
             if decision.action in (GIVE_UP, "manual"):
-                attempts = self.planner.attempts_in_window(self.clock())
+                # Left as they are for the operator, except what is gone already.
+                self.record.instances = [i for i in self.record.instances if self.ctx.launcher.alive(i)]
                 if self.record.state is not ModuleState.FAILED:
-                    await self._set(ModuleState.FAILED, decision.reason, error=what, attempts=attempts)
+                    await self._set(ModuleState.FAILED, decision.reason, error=what, attempts=decision.attempt)
                 await self.ctx.alert(self.record, decision.reason)
                 await self._finish(
                     entry, "gave up" if decision.action == GIVE_UP else "waiting for an operator"
