@@ -23,7 +23,12 @@ PROBE = str(Path(__file__).parent / "fixtures" / "modules" / "probe.py")
 
 def probe(depends_on: list[str] | None = None, **fields: Any) -> ModuleConfig:
     """A probe module descriptor; `env=` and other ModuleConfig fields pass through."""
-    body = {"command": [sys.executable, PROBE], "depends_on": depends_on or [], "startup_timeout": 20.0, **fields}
+    body = {
+        "command": [sys.executable, PROBE],
+        "depends_on": depends_on or [],
+        "startup_timeout": 20.0,
+        **fields,
+    }
     return msgspec.convert(body, ModuleConfig)
 
 

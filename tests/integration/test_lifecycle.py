@@ -129,14 +129,20 @@ async def test_module_verbs_respect_dependents(
         refused = await call(nc, f"{prefix}.orchestrator.stop", {"module": "db"})
         assert refused["payload"] == {
             "code": "CONFLICT",
-            "errors": ["db is needed by web, api; stop those first or pass cascade (`corral stop db --cascade`)"],
+            "errors": [
+                "db is needed by web, api; stop those first or pass cascade (`corral stop db --cascade`)"
+            ],
         }
         cascade = await call(nc, f"{prefix}.orchestrator.stop", {"module": "api", "cascade": True})
         assert [r["module"] for r in cascade["payload"]] == ["web", "api"]
         assert events.state("db") == "running"
         blocked = await call(nc, f"{prefix}.orchestrator.start", {"module": "web"})
-        assert blocked["payload"]["errors"] == ["cannot start web: it depends on api (stopped); start those first"]
-        assert (await call(nc, f"{prefix}.orchestrator.start", {"module": "api"}))["payload"]["state"] == "running"
+        assert blocked["payload"]["errors"] == [
+            "cannot start web: it depends on api (stopped); start those first"
+        ]
+        assert (await call(nc, f"{prefix}.orchestrator.start", {"module": "api"}))["payload"][
+            "state"
+        ] == "running"
         before = (await call(nc, f"{prefix}.orchestrator.module", {"module": "db"}))["payload"]["record"]
         restarted = await call(nc, f"{prefix}.orchestrator.restart", {"module": "db"})
         assert restarted["payload"]["state"] == "running"

@@ -59,7 +59,9 @@ async def test_kill_9_is_restarted_with_growing_backoff(
         for round_ in (1, 2):
             (pid,) = await pids_of(nc, prefix, "worker")
             os.kill(pid, signal.SIGKILL)
-            await events.wait_for(lambda r=round_: events.of("worker").count(("starting", "running")) == r + 1)
+            await events.wait_for(
+                lambda r=round_: events.of("worker").count(("starting", "running")) == r + 1
+            )
             (new_pid,) = await pids_of(nc, prefix, "worker")
             assert new_pid != pid
         reasons = events.reasons("worker")
@@ -69,7 +71,10 @@ async def test_kill_9_is_restarted_with_growing_backoff(
         assert restarts[1].startswith("restart 2/5 in 0.60s after:")  # the backoff doubled
         assert events.of("worker")[2:] == [("running", "starting"), ("starting", "running")] * 2
         entries = await history(nc, prefix, "worker")
-        assert [(e["action"], e["attempt"], e["delay"]) for e in entries] == [("restart", 1, 0.3), ("restart", 2, 0.6)]
+        assert [(e["action"], e["attempt"], e["delay"]) for e in entries] == [
+            ("restart", 1, 0.3),
+            ("restart", 2, 0.6),
+        ]
         assert all(e["outcome"].startswith("recovered in ") for e in entries)
         # Only the failed module was touched; its dependent kept running throughout.
         assert events.of("client") == [("registered", "starting"), ("starting", "running")]
@@ -144,14 +149,22 @@ async def test_restart_with_reset_clears_the_modules_state(
         await unhealthy(nc, prefix, "counter", await instance_of(nc, prefix, "counter"))
         await events.wait_for(lambda: events.of("counter").count(("starting", "running")) == 2)
         # Drained, reset, re-executed in place (the same pid launches and starts again).
-        assert [row[1:3] for row in journal(journal_file)[-3:]] == [["reset", str(pid)], ["launch", str(pid)], ["start", str(pid)]]
+        assert [row[1:3] for row in journal(journal_file)[-3:]] == [
+            ["reset", str(pid)],
+            ["launch", str(pid)],
+            ["start", str(pid)],
+        ]
         assert await pids_of(nc, prefix, "counter") == [pid]  # re-executed in place
         assert await ping() == 1
         # A process that died: relaunched with CORRAL_RESET=1, its on_reset runs before it serves.
         os.kill(pid, signal.SIGKILL)
         await events.wait_for(lambda: events.of("counter").count(("starting", "running")) == 3)
         (new_pid,) = await pids_of(nc, prefix, "counter")
-        assert [row[1] for row in journal(journal_file) if row[2] == str(new_pid)] == ["launch", "reset", "start"]
+        assert [row[1] for row in journal(journal_file) if row[2] == str(new_pid)] == [
+            "launch",
+            "reset",
+            "start",
+        ]
         assert await ping() == 1
         assert [e["action"] for e in await history(nc, prefix, "counter")] == ["restart_with_reset"] * 2
 
