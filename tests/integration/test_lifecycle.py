@@ -3,11 +3,14 @@ module in tests/fixtures/modules): dependency-ordered start and stop, rollback, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+from corral.config import load_config
+from corral.errors import ConfigError
 from corral.runtime import ServiceSettings
 from tests.lifecycle_helpers import EventLog, call, journal, orchestrator, probe, system
 
@@ -153,3 +156,98 @@ async def test_module_verbs_respect_dependents(
         ghost = await call(nc, f"{prefix}.orchestrator.restart", {"module": "ghost"})
         assert ghost["payload"]["code"] == "NOT_FOUND"
         assert "no module 'ghost' in the registry (modules: api, db, web)" in ghost["payload"]["errors"][0]
+
+
+BAD_INPUT = [
+    ("start_system", {"modules": ["db"]}, "Object contains unknown field `modules`"),
+    ("start_system", b"[1", "invalid request body: Expected `object`, got `array`"),
+    ("stop_system", {"timeout": -1}, "Expected `float` > 0.0 - at `$.timeout`"),
+    ("start", {"module": 5}, "Expected `str`, got `int` - at `$.module`"),
+    ("stop", {"module": "db", "cascade": "yes"}, "Expected `bool`, got `str` - at `$.cascade`"),
+    ("restart", {}, "Object missing required field `module`"),
+    ("module", {"module": "no spaces"}, "- at `$.module`"),
+    ("recovery.history", {"module": "db", "limit": 0}, "Expected `int` >= 1 - at `$.limit`"),
+    ("deregister", {"modul": "db"}, "Object contains unknown field `modul`"),
+    ("register", {"module": "w"}, "register needs `instance` (an SDK instance) or `descriptor` - at `$`"),
+    (
+        "register",
+        {"module": "w", "descriptor": {"command": ["x"], "restart": {"max_attempts": 0}}},
+        "Expected `int` >= 1 - at `$.descriptor.restart.max_attempts`",
+    ),
+    (
+        "register",
+        {"module": "w", "descriptor": {"command": ["x"], "limits": {"open_files": 3}}},
+        "Expected `int` >= 16 - at `$.descriptor.limits.open_files`",
+    ),
+    (
+        "register",
+        {"module": "w", "descriptor": {"kind": "process"}},
+        "module 'w' is a process but has no command - at `$.modules.w.command` - at `$.descriptor`",
+    ),
+    (
+        "register",
+        {"module": "w", "descriptor": {"command": ["x"], "restart": {"strategy": "system_restart"}}},
+        "the system_restart strategy is for modules marked critical = true",
+    ),
+    (
+        "register",
+        {"module": "w", "descriptor": {"command": ["x"], "depends_on": ["nope"]}},
+        "module 'w' depends on unknown module 'nope' (modules: db, w) - at `$.descriptor`",
+    ),
+]
+
+
+async def test_bad_input_to_every_lifecycle_endpoint_names_the_field(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    async with orchestrator(settings, system(tmp_path, {"db": probe()})):
+        for verb, body, expected in BAD_INPUT:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            reply = await call(nc, f"{prefix}.orchestrator.{verb}", data)
+            assert reply["success"] is False, (verb, body)
+            assert reply["payload"]["code"] == "VALIDATION", (verb, reply)
+            assert expected in reply["payload"]["errors"][0], (verb, reply["payload"]["errors"])
+
+
+async def test_modules_registered_at_run_time_join_the_graph(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    async with orchestrator(settings, system(tmp_path, {"db": probe()})):
+        register = f"{prefix}.orchestrator.register"
+        added = await call(
+            nc,
+            register,
+            {"module": "cache", "descriptor": {"command": probe().command, "depends_on": ["db"]}},
+        )
+        assert added["success"], added
+        # `db` cannot come to depend on `cache` now: that is a cycle, refused and named.
+        again = await call(
+            nc, register, {"module": "db", "descriptor": {"command": ["x"], "depends_on": ["cache"]}}
+        )
+        assert again["payload"]["code"] == "CONFLICT"  # db exists already
+        loop = await call(
+            nc, register, {"module": "loop", "descriptor": {"command": ["x"], "depends_on": ["loop"]}}
+        )
+        assert loop["payload"]["errors"] == ["dependency cycle: loop -> loop - at `$.descriptor`"]
+        started = await call(nc, f"{prefix}.orchestrator.start_system")
+        assert [r["module"] for r in started["payload"]["started"]] == ["db", "cache"]
+        refused = await call(nc, f"{prefix}.orchestrator.deregister", {"module": "db"})
+        assert refused["payload"]["errors"] == ["db is a dependency of cache; deregister those first"]
+        running = await call(nc, f"{prefix}.orchestrator.deregister", {"module": "cache"})
+        assert running["payload"]["errors"] == ["cache is running; stop it first (`corral stop cache`)"]
+        await call(nc, f"{prefix}.orchestrator.stop", {"module": "cache"})
+        gone = await call(nc, f"{prefix}.orchestrator.deregister", {"module": "cache"})
+        assert gone["success"], gone
+        registry = await call(nc, f"{prefix}.orchestrator.registry")
+        assert [r["name"] for r in registry["payload"]] == ["db"]
+
+
+def test_a_cycle_in_the_system_file_is_refused_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        '[modules.a]\ncommand = ["x"]\ndepends_on = ["c"]\n'
+        '[modules.b]\ncommand = ["x"]\ndepends_on = ["a"]\n'
+        '[modules.c]\ncommand = ["x"]\ndepends_on = ["b"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"dependency cycle: a -> c -> b -> a"):
+        load_config(path)

@@ -14,6 +14,7 @@ __all__ = [
     "HistoryRequest",
     "ModuleRef",
     "Registration",
+    "StartSystem",
     "StopModule",
     "StopSystem",
 ]
@@ -32,6 +33,10 @@ class StopModule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     module: ModuleName
     cascade: bool = False  # also stop the modules that depend on it (dependents first)
     timeout: Timeout | None = None  # seconds to drain before the kill (default: its stop_timeout)
+
+
+class StartSystem(msgspec.Struct, forbid_unknown_fields=True):
+    """`start_system`: an empty body or `{}`; it starts every module of the registry."""
 
 
 class StopSystem(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -37,6 +37,7 @@ from corral.orchestrator.messages import (
     HistoryRequest,
     ModuleRef,
     Registration,
+    StartSystem,
     StopModule,
     StopSystem,
 )
@@ -167,7 +168,7 @@ class OrchestratorService(Service):
         budget = 60.0 + sum(m.startup_timeout + m.stop_timeout for m in self.config.modules.values())
         self._leader_endpoint("register", Registration, self._register_module, timeout=10.0)
         self._leader_endpoint("deregister", Deregister, self._deregister, timeout=budget)
-        self._leader_endpoint("start_system", None, self._start_system, timeout=budget)
+        self._leader_endpoint("start_system", StartSystem, self._start_system, timeout=budget)
         self._leader_endpoint("stop_system", StopSystem, self._stop_system, timeout=budget)
         self._leader_endpoint("start", ModuleRef, self._start, timeout=budget)
         self._leader_endpoint("stop", StopModule, self._stop, timeout=budget)
@@ -309,7 +310,7 @@ class OrchestratorService(Service):
         await self.lifecycle.deregister(req.module)
         return {"module": req.module, "deregistered": "true"}
 
-    async def _start_system(self, _: None, ctx: RequestContext) -> StartReport:
+    async def _start_system(self, _: StartSystem, ctx: RequestContext) -> StartReport:
         assert self.lifecycle is not None
         try:
             return await self.lifecycle.start_system()

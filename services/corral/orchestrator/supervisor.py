@@ -344,7 +344,9 @@ class ModuleSupervisor:
                 # Left as they are for the operator, except what is gone already.
                 self.record.instances = [i for i in self.record.instances if self.ctx.launcher.alive(i)]
                 if self.record.state is not ModuleState.FAILED:
-                    await self._set(ModuleState.FAILED, decision.reason, error=what, attempts=decision.attempt)
+                    await self._set(
+                        ModuleState.FAILED, decision.reason, error=what, attempts=decision.attempt
+                    )
                 await self.ctx.alert(self.record, decision.reason)
                 await self._finish(
                     entry, "gave up" if decision.action == GIVE_UP else "waiting for an operator"

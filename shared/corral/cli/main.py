@@ -13,6 +13,7 @@ from typing import Any
 from corral.bus import BusSettings
 from corral.cli import calls, commands
 from corral.cli import events as events_cli
+from corral.cli import lifecycle as lifecycle_cli
 from corral.cli import state as state_cli
 from corral.cli.up import run_up
 from corral.config import load_config
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     send.add_argument("--priority", default="normal", help="0-4 or critical|high|normal|low|background")
 
-    sub.add_parser("status", help="what is running, with heartbeat figures and call statistics")
+    status = sub.add_parser("status", help="what is running, with heartbeat figures and call statistics")
+    status.add_argument("--module", default=None, help="one module: lifecycle state and recovery history")
     sub.add_parser("breakers", help="every module's circuit breaker")
     breaker = sub.add_parser("breaker", help="act on one module's circuit breaker")
     breaker_verbs = breaker.add_subparsers(dest="verb", required=True)
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("module")
     state_cli.add_parser(sub)
     events_cli.add_parser(sub)
+    lifecycle_cli.add_parsers(sub)
     return parser
 
 
@@ -98,6 +101,14 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(events_cli.run(args, bus, prefix))
         elif args.command == "state":
             code = _run(state_cli.run(args, bus, prefix))
+        elif args.command in ("start", "stop", "restart"):
+            code = _run(lifecycle_cli.run_verb(bus, prefix, args))
+        elif args.command == "modules":
+            code = _run(lifecycle_cli.modules(bus, prefix))
+        elif args.command == "logs":
+            code = _run(lifecycle_cli.logs(args))
+        elif args.module:
+            code = _run(lifecycle_cli.module_status(bus, prefix, args.module))
         else:
             code = _run(commands.status(bus, prefix))
     except ConfigError as exc:

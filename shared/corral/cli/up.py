@@ -79,7 +79,9 @@ class System:
         budget = sum(m.startup_timeout + m.stop_timeout for m in self.config.modules.values()) + 30
         try:
             with console.status(f"starting {len(self.config.modules)} modules"):
-                msg = await self.nc.request(subjects.service("orchestrator", "start_system"), b"", timeout=budget)
+                msg = await self.nc.request(
+                    subjects.service("orchestrator", "start_system"), b"", timeout=budget
+                )
         finally:
             await self.nc.flush()
             await sub.unsubscribe()
@@ -204,7 +206,9 @@ class System:
                     child.name, child.role, str(child.pid), subjects, info.metrics_url if info else ""
                 )
         assert self.nc is not None
-        infos = {i.name: i for i in await discover(self.nc, self.config.prefix, wait=0.3) if i.role == "module"}
+        infos = {
+            i.name: i for i in await discover(self.nc, self.config.prefix, wait=0.3) if i.role == "module"
+        }
         for name in self.modules_up:
             info = infos.get(name)
             kind = self.config.modules[name].kind
@@ -220,7 +224,9 @@ class System:
         """Report services that exit on their own, and modules' lifecycle changes, until `stop`."""
         reported: set[str] = set()
         assert self.nc is not None
-        sub = await self.nc.subscribe(Subjects(self.config.prefix).event("lifecycle", ">"), cb=self._on_change)
+        sub = await self.nc.subscribe(
+            Subjects(self.config.prefix).event("lifecycle", ">"), cb=self._on_change
+        )
         try:
             await self._watch_services(stop, reported)
         finally:
@@ -285,7 +291,9 @@ class System:
             console.print(f"[red]stop_system failed:[/] {escape('; '.join(reply['payload']['errors']))}")
             return
         for result in reply["payload"]["stopped"]:
-            console.print(f"stopped module {result['module']} ({escape(result['detail'] or result['state'])})")
+            console.print(
+                f"stopped module {result['module']} ({escape(result['detail'] or result['state'])})"
+            )
 
 
 async def run_up(config: SystemConfig, nats_url: str | None) -> int:
