@@ -151,7 +151,8 @@ async def test_module_verbs_respect_dependents(
         assert restarted["payload"]["state"] == "running"
         assert restarted["payload"]["pids"] != [i["pid"] for i in before["instances"]]
         assert events.of("db")[-4:] == [
-            ("running", "stopping"), ("stopping", "stopped"), ("stopped", "starting"), ("starting", "running"),
+            ("running", "stopping"), ("stopping", "stopped"),
+            ("stopped", "starting"), ("starting", "running"),
         ]  # fmt: skip
         ghost = await call(nc, f"{prefix}.orchestrator.restart", {"module": "ghost"})
         assert ghost["payload"]["code"] == "NOT_FOUND"

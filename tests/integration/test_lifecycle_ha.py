@@ -81,7 +81,7 @@ async def test_a_standby_takes_over_and_adopts_running_modules(
     events = EventLog()
     await events.attach(nc, prefix)
     async with asyncio.timeout(30):  # both replicas serving
-        while len(await discover(nc, prefix, name="orchestrator", wait=0.2)) < 2:
+        while len(await discover(nc, prefix, name="orchestrator", wait=0.2)) < 2:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
     # Whichever replica gets the request forwards it to the leader.
     started = await call(nc, f"{prefix}.orchestrator.start_system", timeout=60)
@@ -115,7 +115,8 @@ async def test_a_standby_takes_over_and_adopts_running_modules(
     restarted_by = events.events[-1]["leader"]
     assert str(restarted_by).startswith(f"{standby_name}-")
     new_pids = await module_pids(nc, prefix)
-    assert new_pids["store"] == pids["store"] and new_pids["api"] != pids["api"]
+    assert new_pids["store"] == pids["store"]
+    assert new_pids["api"] != pids["api"]
 
     stopped = await call(nc, f"{prefix}.orchestrator.stop_system", {"timeout": 5}, timeout=60)
     assert [r["module"] for r in stopped["payload"]["stopped"]] == ["api", "store"]

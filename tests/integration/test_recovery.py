@@ -99,7 +99,8 @@ async def test_a_flapping_module_stops_at_its_intensity_limit(
         assert last["error"].endswith("exited with code 1")
         assert last["attempts"] == 3
         (alert,) = events.alerts
-        assert alert["module"] == "flapper" and alert["action"] == "fix it, then `corral restart flapper`"
+        assert alert["module"] == "flapper"
+        assert alert["action"] == "fix it, then `corral restart flapper`"
         entries = await history(nc, prefix, "flapper")
         assert [e["action"] for e in entries] == ["restart", "restart", "restart", "give_up"]
         assert entries[-1]["outcome"] == "gave up"
@@ -208,6 +209,7 @@ async def test_missing_heartbeats_are_a_failure(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         (failure,) = [e["failure"] for e in await history(nc, prefix, "sleepy")]
-        assert "no heartbeat for" in failure and "(3 intervals of 0.2s)" in failure
+        assert "no heartbeat for" in failure
+        assert "(3 intervals of 0.2s)" in failure
         (new_pid,) = await pids_of(nc, prefix, "sleepy")
         assert new_pid != pid

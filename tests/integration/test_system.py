@@ -166,7 +166,8 @@ def test_cli_lifecycle_commands(corral_up: CorralUp, nats_url: str) -> None:
     assert restarted.returncode == 0, restarted.stderr
     assert restarted.stdout.startswith("compiler: running (pid ")
     new_pid = int(restarted.stdout.split("(pid ")[1].split(")")[0])
-    assert new_pid != old_pid and psutil.pid_exists(new_pid)
+    assert new_pid != old_pid
+    assert psutil.pid_exists(new_pid)
     assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
     assert (
         corral(

@@ -66,7 +66,8 @@ class LeaderRouter:
                 if loop.time() >= give_up:
                     return error_reply(
                         codec_for(msg.headers), verb, ErrorCode.UNAVAILABLE,
-                        f"no orchestrator replica leads right now (waited {self.wait:g}s for an election); retry",
+                        f"no orchestrator replica leads right now (waited {self.wait:g}s for an "
+                        "election); retry",
                     )  # fmt: skip
                 await asyncio.sleep(0.1)
                 continue

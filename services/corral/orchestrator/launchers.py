@@ -121,7 +121,7 @@ class ProcessLauncher:
         if child is not None:
             code = await child.wait()
             return f"exited with code {code}"
-        while self.alive(inst):
+        while self.alive(inst):  # noqa: ASYNC110 - not our child: no exit to wait for, only to poll
             await asyncio.sleep(POLL)
         return f"exited (pid {inst.pid} is gone)"
 

@@ -29,6 +29,7 @@ from corral.errors import ConflictError, NotFoundError, UnavailableError
 from corral.orchestrator.launchers import ProcessLauncher
 from corral.orchestrator.records import ModuleRecord, RecoveryEntry
 from corral.orchestrator.registry import ModuleRegistry
+from corral.orchestrator.startup import StartRun, SystemStartError
 from corral.orchestrator.states import UP_STATES, LifecycleEvent, ModuleState
 from corral.orchestrator.supervisor import ModuleSupervisor, StartFailed
 from corral.protocol import Heartbeat
@@ -41,10 +42,6 @@ log = logging.getLogger("corral.orchestrator.lifecycle")
 _encode = msgspec.json.Encoder().encode
 _decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode
 TICK = 0.5  # seconds between heartbeat and log-size checks
-
-
-class SystemStartError(Exception):
-    """A required module did not start; what had started was stopped again."""
 
 
 class ModuleResult(msgspec.Struct):
@@ -247,67 +244,28 @@ class Lifecycle:
         began = time.monotonic()
         deps = self._graph()
         graph.check(deps)
-        started: list[ModuleResult] = []
-        skipped: dict[str, str] = {}
-        order = graph.start_order(deps)
-        done: set[str] = {n for n in order if self.registry.records[n].state in UP_STATES}
-        failed: set[str] = set()
-        running: dict[str, asyncio.Task[float]] = {}
-        parallel = self.config.parallel_startup
-        pending = [n for n in order if n not in done]
+        run = StartRun(
+            self.supervisors,
+            graph.start_order(deps),
+            parallel=self.config.parallel_startup,
+            delay=self.config.module_start_delay,
+            skip=self._mark_skipped,
+        )
         try:
-            while pending or running:
-                for name in list(pending):
-                    module = self.registry.records[name].descriptor
-                    blocked = [d for d in module.depends_on if d in failed]
-                    if blocked:
-                        pending.remove(name)
-                        failed.add(name)
-                        reason = f"not started: depends on {', '.join(blocked)}, which did not start"
-                        skipped[name] = reason
-                        await self._mark_skipped(name, reason)
-                        continue
-                    if all(d in done for d in module.depends_on) and (parallel or not running):
-                        pending.remove(name)
-                        if not parallel and started and self.config.module_start_delay:
-                            await asyncio.sleep(self.config.module_start_delay)
-                        running[name] = asyncio.create_task(self.supervisors[name].start("start_system"))
-                if not running:
-                    if pending:  # nothing can start; cannot happen with a checked graph
-                        raise SystemStartError(f"modules {', '.join(pending)} cannot start")
-                    break
-                finished, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
-                for name, task in list(running.items()):
-                    if task not in finished:
-                        continue
-                    del running[name]
-                    record = self.registry.records[name]
-                    exc = task.exception()
-                    if exc is None:
-                        done.add(name)
-                        started.append(
-                            ModuleResult(name, record.state.value, record.pids, f"{task.result():.2f}s")
-                        )
-                    elif isinstance(exc, StartFailed) and not record.descriptor.required:
-                        failed.add(name)
-                        skipped[name] = f"optional module did not start: {exc}"
-                    elif isinstance(exc, StartFailed):
-                        raise SystemStartError(f"{exc}\n{name} is required, so startup was aborted") from exc
-                    else:
-                        raise exc
+            await run.run()
         except BaseException as exc:
-            for task in running.values():
-                task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
-            started.sort(key=lambda r: self.started_order.index(r.module))
-            rolled = await self._stop_modules([r.module for r in reversed(started)], "startup rolled back")
+            came_up = sorted(run.started, key=self.started_order.index)
+            rolled = await self._stop_modules(list(reversed(came_up)), "startup rolled back")
             if isinstance(exc, SystemStartError):
                 names = ", ".join(r.module for r in rolled) or "nothing"
                 raise SystemStartError(f"{exc}; stopped again, in reverse order: {names}") from None
             raise
-        system = "degraded" if skipped else "running"
-        started.sort(key=lambda r: self.started_order.index(r.module))  # the order they came up
-        return StartReport(system, started, skipped, round(time.monotonic() - began, 3))
+        started = []
+        for name in sorted(run.started, key=self.started_order.index):  # the order they came up
+            record = self.registry.records[name]
+            started.append(ModuleResult(name, record.state.value, record.pids, f"{run.took[name]:.2f}s"))
+        system = "degraded" if run.skipped else "running"
+        return StartReport(system, started, run.skipped, round(time.monotonic() - began, 3))
 
     async def _mark_skipped(self, name: str, reason: str) -> None:
         sup = self.supervisors[name]
@@ -410,7 +368,7 @@ class Lifecycle:
 
     async def stop_module(self, name: str, *, cascade: bool, timeout: float | None) -> list[ModuleResult]:
         self._require_active()
-        sup = self.supervisor(name)
+        self.supervisor(name)
         async with self.lock:
             needed_by = [
                 d for d in graph.dependents(self._graph(), name)

@@ -6,6 +6,7 @@ bucket (`load`), so a standby answers reads and a new leader starts from the sam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -83,10 +84,8 @@ class ModuleRegistry:
         self.records.pop(name, None)
         self.histories.pop(name, None)
         for key in (module_key(name), history_key(name)):
-            try:
+            with contextlib.suppress(KeyNotFoundError):
                 await self.kv.delete(key)
-            except KeyNotFoundError:
-                pass
 
     async def append_history(self, name: str, entry: RecoveryEntry) -> None:
         history = self.histories.setdefault(name, [])

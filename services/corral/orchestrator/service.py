@@ -25,6 +25,8 @@ from corral.errors import NotFoundError, UnavailableError, ValidationError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.forwarding import LeaderRouter
+from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.lifecycle import (
     Lifecycle,
     ModuleResult,
@@ -41,8 +43,6 @@ from corral.orchestrator.messages import (
     StopModule,
     StopSystem,
 )
-from corral.orchestrator.forwarding import LeaderRouter
-from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.records import ModuleRecord, RecoveryEntry
 from corral.orchestrator.router import CallRouter
@@ -192,7 +192,8 @@ class OrchestratorService(Service):
         )
 
     async def _on_leadership(self, leading: bool) -> None:
-        assert self.lifecycle is not None and self.leader_router is not None
+        assert self.lifecycle is not None
+        assert self.leader_router is not None
         if leading:
             adopted = await self.lifecycle.activate()
             await self.leader_router.lead()
@@ -289,7 +290,8 @@ class OrchestratorService(Service):
         return breaker.snapshot()
 
     async def _register_module(self, req: Registration, ctx: RequestContext) -> RegisterReply:
-        assert self.gate is not None and self.lifecycle is not None
+        assert self.gate is not None
+        assert self.lifecycle is not None
         if req.descriptor is None and not req.instance:
             raise ValidationError("register needs `instance` (an SDK instance) or `descriptor` - at `$`")
         if req.descriptor is not None:

@@ -22,7 +22,7 @@ from corral.config import load_config
 from corral.errors import ConfigError
 from corral.subjects import Subjects
 
-__all__ = ["add_parsers", "logs", "module_status", "modules", "run_verb"]
+__all__ = ["add_parsers", "handles", "logs", "module_status", "modules", "run", "run_verb"]
 
 LONG = 600.0  # seconds: a start waits for the module's startup_timeout, a stop for its drain
 
@@ -46,6 +46,23 @@ def add_parsers(sub: Any) -> None:
     logs_parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs_parser.add_argument("-n", "--lines", type=int, default=50, help="lines to show first (default 50)")
     logs_parser.add_argument("-c", "--config", default="corral.toml", help="the system file (for log_dir)")
+
+
+def handles(args: argparse.Namespace) -> bool:
+    """True for the commands this file runs (`corral status --module X` included)."""
+    return args.command in ("start", "stop", "restart", "modules", "logs") or (
+        args.command == "status" and bool(args.module)
+    )
+
+
+async def run(args: argparse.Namespace, bus: BusSettings, prefix: str) -> int:
+    if args.command == "modules":
+        return await modules(bus, prefix)
+    if args.command == "logs":
+        return await logs(args)
+    if args.command == "status":
+        return await module_status(bus, prefix, args.module)
+    return await run_verb(bus, prefix, args)
 
 
 def _state(state: str) -> str:
@@ -111,9 +128,8 @@ async def module_status(bus: BusSettings, prefix: str, module: str) -> int:
         await nc.close()
     record, history = found["record"], found["history"]
     status = record["status"]
-    out.print(
-        f"module {module}: {_state(status['state'])} since {_ago(status['since'])} ({escape(status['reason'])})"
-    )
+    since, reason = _ago(status["since"]), escape(status["reason"])
+    out.print(f"module {module}: {_state(status['state'])} since {since} ({reason})")
     if status["error"]:
         out.print(f"error: {escape(status['error'])} (attempts: {status['attempts']})")
     policy = record["descriptor"].get("restart", {})

@@ -101,14 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(events_cli.run(args, bus, prefix))
         elif args.command == "state":
             code = _run(state_cli.run(args, bus, prefix))
-        elif args.command in ("start", "stop", "restart"):
-            code = _run(lifecycle_cli.run_verb(bus, prefix, args))
-        elif args.command == "modules":
-            code = _run(lifecycle_cli.modules(bus, prefix))
-        elif args.command == "logs":
-            code = _run(lifecycle_cli.logs(args))
-        elif args.module:
-            code = _run(lifecycle_cli.module_status(bus, prefix, args.module))
+        elif lifecycle_cli.handles(args):
+            code = _run(lifecycle_cli.run(args, bus, prefix))
         else:
             code = _run(commands.status(bus, prefix))
     except ConfigError as exc:

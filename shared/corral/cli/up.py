@@ -240,7 +240,8 @@ class System:
         elif event.get("new") not in (None, "stopping", "stopped"):
             colour = {"running": "green", "failed": "red"}.get(event["new"], "yellow")
             console.print(
-                f"module {event['module']}: {event['old']} -> [{colour}]{event['new']}[/] ({escape(event['reason'])})"
+                f"module {event['module']}: {event['old']} -> [{colour}]{event['new']}[/] "
+                f"({escape(event['reason'])})"
             )
 
     async def _watch_services(self, stop: asyncio.Event, reported: set[str]) -> None:

@@ -70,8 +70,8 @@ class ModuleService(Service):
         if self.owns_process and os.environ.pop("CORRAL_RESET", "") == "1":
             # Relaunched by the orchestrator's restart_with_reset strategy: clear state first.
             # Popped, so a later re-exec (the `restart` verb) does not reset again.
-            for hook in self.module.reset_hooks:
-                await call_hook(hook)
+            for reset_hook in self.module.reset_hooks:
+                await call_hook(reset_hook)
             log.info("module %s reset before serving (CORRAL_RESET=1)", self.name)
         for hook in self.module.start_hooks:
             await call_hook(hook, self)
