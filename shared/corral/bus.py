@@ -194,6 +194,7 @@ class StreamSpec(msgspec.Struct, kw_only=True, frozen=True):
     max_msgs: int | None = None
     duplicate_window: float = 120.0
     replicas: int = 1
+    discard: str = "old"  # old | new: "new" refuses a publish when the stream is full (backpressure)
 
     def to_config(self) -> api.StreamConfig:
         return api.StreamConfig(
@@ -206,6 +207,7 @@ class StreamSpec(msgspec.Struct, kw_only=True, frozen=True):
             max_msgs=self.max_msgs,
             duplicate_window=self.duplicate_window,
             num_replicas=self.replicas,
+            discard=api.DiscardPolicy(self.discard),
         )
 
 

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import api
@@ -247,6 +249,21 @@ async def test_a_slow_callback_does_not_delay_renewals(
     release.set()
 
 
+async def status_of(nc: Client, prefix: str) -> dict[str, Any]:
+    for attempt in range(3):
+        try:
+            msg = await nc.request(f"{prefix}.orchestrator.status", b"", timeout=5)
+            break
+        except nats.errors.NoRespondersError:
+            # nats-server 2.15 now and then answers "no responders" to the first request after
+            # another connection's SUB + flush (about 1 in 100 under load, with plain nats-py too).
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
+    payload: dict[str, Any] = msgspec.json.decode(msg.data)["payload"]
+    return payload
+
+
 async def test_orchestrator_replicas_report_one_leader_in_status_and_hand_over_on_stop(
     settings: ServiceSettings, nc: Client, prefix: str
 ) -> None:
@@ -261,8 +278,7 @@ async def test_orchestrator_replicas_report_one_leader_in_status_and_hand_over_o
             await until(lambda: second.leadership.leader == first.leadership.instance_id, 3.0, "second sees")
             # Whichever replica answers, status names the same leader.
             for _ in range(4):
-                msg = await nc.request(f"{prefix}.orchestrator.status", b"", timeout=5)
-                status = msgspec.json.decode(msg.data)["payload"]["leadership"]
+                status = (await status_of(nc, prefix))["leadership"]
                 assert status["leader"] == first.leadership.instance_id
                 assert status["lease"] == "orchestrator"
             assert not second.leadership.is_leader
@@ -271,6 +287,5 @@ async def test_orchestrator_replicas_report_one_leader_in_status_and_hand_over_o
             raise
     assert second.leadership is not None
     await until(lambda: second.leadership.is_leader, TTL, "second leads after first stopped")
-    msg = await nc.request(f"{prefix}.orchestrator.status", b"", timeout=5)
-    assert msgspec.json.decode(msg.data)["payload"]["leadership"]["leader"] == second.leadership.instance_id
+    assert (await status_of(nc, prefix))["leadership"]["leader"] == second.leadership.instance_id
     await second.stop()

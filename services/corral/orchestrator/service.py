@@ -25,6 +25,7 @@ from corral.errors import NotFoundError, UnavailableError, ValidationError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.config_rollout import ConfigGet, ConfigRollback, ConfigRollout, ConfigSet
 from corral.orchestrator.forwarding import LeaderRouter
 from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.lifecycle import (
@@ -87,11 +88,13 @@ class OrchestratorService(Service):
         call_timeout: float | None = None,
         config: SystemConfig | None = None,
         lease_ttl: float | None = None,
+        initial_config: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """`config`: the system (default: the file named by CORRAL_CONFIG, else no modules);
         `policies` per module (default: from `config`) and `default_policy` for the rest;
         `call_timeout` is a shortcut for a default policy with that timeout. `lease_ttl` (default
-        `CORRAL_LEASE_TTL` or 6 s) is how long the leader's lease lasts unrenewed."""
+        `CORRAL_LEASE_TTL` or 6 s) is how long the leader's lease lasts unrenewed. `initial_config`
+        (default: `config`'s `[modules.X.config]`) seeds the live config of modules that have none."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
@@ -113,6 +116,10 @@ class OrchestratorService(Service):
         self.leader_router: LeaderRouter | None = None
         self.lease_ttl = lease_ttl or float(os.environ.get("CORRAL_LEASE_TTL") or DEFAULT_TTL)
         self.leadership: Leadership | None = None
+        if initial_config is None:
+            initial_config = {name: m.config for name, m in config.modules.items() if m.config}
+        self.initial_config = initial_config
+        self.config_rollout: ConfigRollout | None = None
 
     async def setup(self) -> None:
         # Unique per process, like the breaker replica id, so `leader` names one replica.
@@ -177,6 +184,13 @@ class OrchestratorService(Service):
         self.endpoint("registry")(self._registry)
         self.endpoint("module", ModuleRef)(self._module)
         self.endpoint("recovery.history", HistoryRequest)(self._history)
+        rollout = self.config_rollout = ConfigRollout(self.nc, self.js, self.subjects)
+        await rollout.start()
+        await rollout.seed(self.initial_config)
+        self.endpoint("config.get", ConfigGet)(lambda req, _: rollout.get(req))
+        self.endpoint("config.set", ConfigSet)(lambda req, _: rollout.set(req))
+        self.endpoint("config.history", ConfigGet)(lambda req, _: rollout.history(req))
+        self.endpoint("config.rollback", ConfigRollback)(lambda req, _: rollout.rollback(req))
         self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
         leadership.on_change(self._on_leadership)
         await leadership.start()

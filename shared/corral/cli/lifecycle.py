@@ -16,13 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from corral.bus import BusSettings, connect
+from corral.cli import commands
 from corral.cli.calls import ask
 from corral.cli.output import err, out
 from corral.config import load_config
 from corral.errors import ConfigError
 from corral.subjects import Subjects
 
-__all__ = ["add_parsers", "handles", "logs", "module_status", "modules", "run", "run_verb"]
+__all__ = ["COMMANDS", "add_parsers", "logs", "module_status", "modules", "run", "run_verb"]
 
 LONG = 600.0  # seconds: a start waits for the module's startup_timeout, a stop for its drain
 
@@ -48,11 +49,7 @@ def add_parsers(sub: Any) -> None:
     logs_parser.add_argument("-c", "--config", default="corral.toml", help="the system file (for log_dir)")
 
 
-def handles(args: argparse.Namespace) -> bool:
-    """True for the commands this file runs (`corral status --module X` included)."""
-    return args.command in ("start", "stop", "restart", "modules", "logs") or (
-        args.command == "status" and bool(args.module)
-    )
+COMMANDS = frozenset({"start", "stop", "restart", "modules", "logs", "status"})
 
 
 async def run(args: argparse.Namespace, bus: BusSettings, prefix: str) -> int:
@@ -61,7 +58,9 @@ async def run(args: argparse.Namespace, bus: BusSettings, prefix: str) -> int:
     if args.command == "logs":
         return await logs(args)
     if args.command == "status":
-        return await module_status(bus, prefix, args.module)
+        if args.module:
+            return await module_status(bus, prefix, args.module)
+        return await commands.status(bus, prefix)
     return await run_verb(bus, prefix, args)
 
 

@@ -28,6 +28,7 @@ from corral.bus import BusSettings, connect
 from corral.errors import CallTimeoutError, UnavailableError, error_from_payload
 from corral.protocol import TIMEOUT_HEADER, TRACEPARENT_HEADER, Priority, parse_priority
 from corral.sdk.state import StateClient
+from corral.sdk.tasks import Tasks
 from corral.subjects import DEFAULT_PREFIX, Subjects, validate_token
 
 __all__ = ["Client", "MessageEvent", "TypeSubscription", "new_traceparent"]
@@ -103,7 +104,10 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
-class Client:
+class Client(Tasks):
+    """Calls modules (`send`), subscribes to message types, and submits and follows tasks
+    (`submit`, `submit_many`, `cancel`, `task`: see corral.sdk.tasks)."""
+
     def __init__(
         self, nc: NatsClient, *, prefix: str = DEFAULT_PREFIX, owns_connection: bool = False
     ) -> None:
