@@ -1,6 +1,7 @@
 """Which instances of a module answer readiness, asked fresh over NATS.
 
-An instance is ready when it is registered with the Services API and, if it is an SDK module
+An instance is ready when it is registered with the Services API (as a module, or a scheduler
+worker: role `worker`) and, if it is an SDK module
 (it has a `status` control verb), its status says ready. A module without the verb (the
 WebAssembly adapter) serves once registered. `since` (wall clock) skips answers from a process
 that started before it, so an instance that re-executes itself (the `reset` verb) is seen
@@ -31,8 +32,8 @@ async def ready_instances(
     by_instance = {s.instance: s for s in statuses}
     found: dict[str, bool] = {}
     for info in infos:
-        if info.role != "module":
-            continue
+        if info.role == "service":
+            continue  # corral's own services; modules and scheduler workers are what we launch
         instance = info.metadata.get("instance", info.id)
         if all(e.subject != status_subject for e in info.endpoints):
             found[instance] = True
