@@ -206,9 +206,8 @@ class System:
                     child.name, child.role, str(child.pid), subjects, info.metrics_url if info else ""
                 )
         assert self.nc is not None
-        infos = {
-            i.name: i for i in await discover(self.nc, self.config.prefix, wait=0.3) if i.role == "module"
-        }
+        found = await discover(self.nc, self.config.prefix, wait=0.3)
+        infos = {i.name: i for i in found if i.role != "service"}  # modules and scheduler workers
         for name in self.modules_up:
             info = infos.get(name)
             kind = self.config.modules[name].kind
