@@ -12,9 +12,10 @@ each with `parallel_startup = true` and `false`. Measured: the `start_system` re
 sending it until the reply says every module answered readiness; then `stop_system`.
 
 The baseline, in the same run: the same N module processes launched straight from this script
-(`--no-wait`, no orchestrator), one at a time (each waits until the one before answers a call)
-and all at once. A Python process importing corral costs the same either way; the ratio is what
-the orchestrator adds (readiness polls, KV writes, lifecycle events, dependency gating).
+(`--no-wait`, no orchestrator), one at a time (each waits until the one before sends its first
+heartbeat, which it does once serving) and all at once. A Python process importing corral costs
+the same either way; the ratio is what the orchestrator adds (readiness polls, KV writes,
+lifecycle events, dependency gating).
 
 Each figure is the median of `--rounds` rounds, baseline and orchestrated interleaved, so load
 from other processes on the machine hits both alike.
@@ -39,6 +40,7 @@ from pathlib import Path
 import nats
 import psutil
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from corral.natsd import NatsServer
 
@@ -140,13 +142,19 @@ async def baseline(nc: NatsClient, url: str, workdir: Path, n: int, parallel: bo
             subprocess.Popen([sys.executable, str(module), "--no-wait"], env=env, stdout=subprocess.DEVNULL)
         )
 
+    # A module's first heartbeat goes out as soon as it serves: waiting for it costs nothing,
+    # where polling each module with requests would load the machine being measured.
+    serving: dict[str, asyncio.Event] = {f"m{i}": asyncio.Event() for i in range(n)}
+
+    async def on_heartbeat(msg: Msg) -> None:
+        name = msg.subject.split(".")[-2]
+        if name in serving:
+            serving[name].set()
+
+    sub = await nc.subscribe(f"{prefix}.hb.>", cb=on_heartbeat)
+
     async def until_serving(i: int) -> None:
-        while True:
-            try:
-                await nc.request(f"{prefix}.mod.m{i}.ping", b"{}", timeout=0.5)
-                return
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                await asyncio.sleep(0.05)
+        await asyncio.wait_for(serving[f"m{i}"].wait(), 120)
 
     began = time.perf_counter()
     try:
@@ -160,6 +168,7 @@ async def baseline(nc: NatsClient, url: str, workdir: Path, n: int, parallel: bo
                 await until_serving(i)
         return time.perf_counter() - began
     finally:
+        await sub.unsubscribe()
         for proc in procs:
             proc.terminate()
         for proc in procs:

@@ -30,7 +30,7 @@ from corral.orchestrator.launchers import ProcessLauncher
 from corral.orchestrator.records import ModuleRecord, RecoveryEntry
 from corral.orchestrator.registry import ModuleRegistry
 from corral.orchestrator.startup import StartRun, SystemStartError
-from corral.orchestrator.states import UP_STATES, LifecycleEvent, ModuleState
+from corral.orchestrator.states import UP_STATES, LifecycleAlert, LifecycleEvent, ModuleState
 from corral.orchestrator.supervisor import ModuleSupervisor, StartFailed
 from corral.protocol import Heartbeat
 from corral.subjects import Subjects
@@ -186,11 +186,11 @@ class Lifecycle:
         await self._publish_event(self.subjects.event("lifecycle", event.module), _encode(event))
 
     async def alert(self, record: ModuleRecord, reason: str) -> None:
-        body = {
-            "module": record.name, "state": record.state.value, "error": record.status.error,
-            "attempts": record.status.attempts, "reason": reason, "time": time.time(),
-            "action": f"fix it, then `corral restart {record.name}`",
-        }  # fmt: skip
+        body = LifecycleAlert(
+            module=record.name, state=record.state, error=record.status.error,
+            attempts=record.status.attempts, reason=reason, time=time.time(),
+            action=f"fix it, then `corral restart {record.name}`",
+        )  # fmt: skip
         log.error("module %s needs an operator: %s", record.name, reason)
         await self._publish_event(self.subjects.event("lifecycle", record.name, "alert"), _encode(body))
 

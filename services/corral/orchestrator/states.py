@@ -16,6 +16,7 @@ __all__ = [
     "EDGES",
     "UP_STATES",
     "IllegalTransition",
+    "LifecycleAlert",
     "LifecycleEvent",
     "ModuleState",
     "StateHolder",
@@ -95,6 +96,18 @@ class LifecycleEvent(msgspec.Struct, kw_only=True):
     attempts: int = 0  # recovery attempts in the current window
     pids: list[int] = []  # the module's processes at the time of the change (process and wasm)
     leader: str = ""  # the orchestrator replica that made the change
+
+
+class LifecycleAlert(msgspec.Struct, kw_only=True):
+    """`<prefix>.evt.lifecycle.<module>.alert`: a module that waits for an operator."""
+
+    module: str
+    state: ModuleState
+    error: str
+    attempts: int
+    reason: str
+    time: float
+    action: str  # what the operator can do
 
 
 class StateHolder(msgspec.Struct, kw_only=True):
