@@ -3,15 +3,18 @@ module in tests/fixtures/modules): dependency-ordered start and stop, rollback, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 
-from corral.config import load_config
+from corral.config import ModuleConfig, load_config
 from corral.errors import ConfigError
 from corral.runtime import ServiceSettings
+from corral.sdk import Module
 from tests.lifecycle_helpers import EventLog, call, journal, orchestrator, probe, system
 
 pytestmark = pytest.mark.slow
@@ -252,3 +255,41 @@ def test_a_cycle_in_the_system_file_is_refused_and_named(tmp_path: Path) -> None
     )
     with pytest.raises(ConfigError, match=r"dependency cycle: a -> c -> b -> a"):
         load_config(path)
+
+
+async def test_an_external_module_is_gated_and_stopped_but_never_spawned(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    external = msgspec.convert(
+        {"kind": "external", "depends_on": ["base"], "startup_timeout": 20}, ModuleConfig
+    )
+    config = system(tmp_path, {"base": probe(), "ext": external})
+    module = Module("ext", depends_on=["base"])
+
+    @module.handler("hello")
+    async def hello(_payload: object) -> str:
+        return "hi"
+
+    events = EventLog()
+    await events.attach(nc, prefix)
+    async with orchestrator(settings, config):
+        # Started by someone else (a pod), before the system: it registers and waits.
+        service = module.service(settings, wait_for_ready=True)
+        await service.start()
+        try:
+            await asyncio.sleep(1.0)
+            assert service.ready is False  # `base` is not running yet, so it is not told ready
+            started = await call(nc, f"{prefix}.orchestrator.start_system")
+            assert [r["module"] for r in started["payload"]["started"]] == ["base", "ext"]
+            assert started["payload"]["started"][1]["pids"] == []  # not ours: no process launched
+            assert service.ready is True
+            assert (await call(nc, f"{prefix}.send.ext", {"type": "hello", "payload": {}}))["payload"] == "hi"
+            stopped = await call(nc, f"{prefix}.orchestrator.stop", {"module": "ext"})
+            assert stopped["payload"][0]["detail"] == "stopped by its stop verb"
+            await asyncio.wait_for(service.wait_stopped(), 5)  # the stop verb reached it
+            assert events.of("ext") == [
+                ("registered", "starting"), ("starting", "running"),
+                ("running", "stopping"), ("stopping", "stopped"),
+            ]  # fmt: skip
+        finally:
+            await service.stop()

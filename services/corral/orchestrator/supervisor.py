@@ -120,7 +120,8 @@ class ModuleSupervisor:
         began = self.clock()
         await self._set(ModuleState.STARTING, reason, attempts=0)
         try:
-            since = time.time()
+            # An external module may have been serving long before it was asked for.
+            since = time.time() if self.spawns else 0.0
             ids = (
                 [await self._launch() for _ in range(self.record.descriptor.instances)]
                 if self.spawns
