@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 
 from corral.config import ModuleConfig, SystemConfig
@@ -60,7 +61,16 @@ async def orchestrator(settings: ServiceSettings, config: SystemConfig) -> Async
 
 async def call(nc: Client, subject: str, body: Any = None, timeout: float = 60.0) -> dict[str, Any]:
     data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    msg = await nc.request(subject, data, timeout=timeout)
+    for attempt in range(3):
+        try:
+            msg = await nc.request(subject, data, timeout=timeout)
+            break
+        except nats.errors.NoRespondersError:
+            # nats-server now and then answers "no responders" to the first request after
+            # another connection's SUB + flush (see tests/integration/test_leader.py).
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
     reply: dict[str, Any] = json.loads(msg.data)
     return reply
 

@@ -102,6 +102,7 @@ class Lifecycle:
         self.lock = asyncio.Lock()  # one system-level operation at a time
         self._heartbeats: dict[str, float] = {}  # instance -> monotonic time of its last beat
         self._signals: dict[str, asyncio.Event] = {}
+        self._acks: dict[str, dict[str, float]] = {}  # module -> instance -> its start time
         self._subs: list[Subscription] = []
         self._tick: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -210,6 +211,14 @@ class Lifecycle:
 
     def ready_signal(self, module: str) -> asyncio.Event:
         return self._signals.setdefault(module, asyncio.Event())
+
+    def ready_acks(self, module: str) -> dict[str, float]:
+        """Instance -> start time, of the instances that acknowledged the gate's `ready`."""
+        return self._acks.setdefault(module, {})
+
+    def ready_acknowledged(self, module: str, instance: str, started: float) -> None:
+        self.ready_acks(module)[instance] = started
+        self.ready_signal(module).set()
 
     def last_heartbeat(self, instance: str) -> float | None:
         return self._heartbeats.get(instance)

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from corral.discovery import discover, module_statuses
-from corral.protocol import ModuleRegistration
+from corral.protocol import ModuleRegistration, ModuleStatus
 from corral.subjects import Subjects
 
 __all__ = ["ReadinessGate"]
@@ -39,6 +41,14 @@ __all__ = ["ReadinessGate"]
 log = logging.getLogger("corral.orchestrator")
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _Ack(msgspec.Struct):
+    success: bool
+    payload: ModuleStatus | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_Ack).decode
 
 
 @dataclass(slots=True)
@@ -66,11 +76,15 @@ class ReadinessGate:
         status_wait: float = 0.25,
         is_up: Callable[[str], bool | None] | None = None,
         on_told: Callable[[str], None] | None = None,
+        on_ack: Callable[[str, str, float], None] | None = None,
     ) -> None:
         """`is_up(module)`: the lifecycle's answer for a module it manages, None for others;
-        `on_told(module)` runs after each `ready` sent."""
+        `on_told(module)` runs after each `ready` sent, `on_ack(module, instance, started)` for
+        each instance's answer to it."""
         self.is_up = is_up
         self.on_told = on_told
+        self.on_ack = on_ack
+        self._acks: Subscription | None = None
         self.nc = nc
         self.subjects = subjects
         self.interval = interval
@@ -85,6 +99,10 @@ class ReadinessGate:
             self._task = asyncio.create_task(self._loop(), name="readiness-gate")
 
     async def stop(self) -> None:
+        if self._acks is not None:
+            with contextlib.suppress(Exception):
+                await self._acks.unsubscribe()
+            self._acks = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,6 +121,15 @@ class ReadinessGate:
         self._wake.set()
         pending = [dep for dep in reg.depends_on if dep not in self._ready_deps]
         return RegisterReply(reg.module, reg.instance, list(reg.depends_on), pending)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            reply = _decode_ack(msg.data)
+        except msgspec.DecodeError:
+            return
+        if reply.success and reply.payload is not None and reply.payload.ready and self.on_ack is not None:
+            status = reply.payload
+            self.on_ack(status.module, status.instance, status.started)
 
     def wake(self) -> None:
         """Check now (a dependency may have changed state)."""
@@ -152,6 +179,13 @@ class ReadinessGate:
 
     async def _tell_ready(self, module: str, depends_on: list[str]) -> None:
         log.info("module %s: dependencies ready (%s); telling it to serve", module, ", ".join(depends_on))
-        await self.nc.publish(self.subjects.modctl(module, "ready"), _encode({"dependencies": depends_on}))
+        if self._acks is None:
+            # Every instance answers `ready` with its status; one inbox collects the answers.
+            self._acks = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_ack)
+        await self.nc.publish(
+            self.subjects.modctl(module, "ready"),
+            _encode({"dependencies": depends_on}),
+            reply=self._acks.subject,
+        )
         if self.on_told is not None:
             self.on_told(module)

@@ -161,7 +161,13 @@ class OrchestratorService(Service):
             nats_url=",".join(self.settings.bus.servers),
         )
         await lifecycle.open()
-        self.gate = ReadinessGate(self.nc, self.subjects, is_up=self._is_up, on_told=lifecycle.tell_ready)
+        self.gate = ReadinessGate(
+            self.nc,
+            self.subjects,
+            is_up=self._is_up,
+            on_told=lifecycle.tell_ready,
+            on_ack=lifecycle.ready_acknowledged,
+        )
         lifecycle.on_change.append(self.gate.wake)
         self.gate.start()
         leadership = self.leadership

@@ -56,6 +56,7 @@ class SupervisorContext(Protocol):
     async def add_history(self, module: str, entry: RecoveryEntry) -> None: ...
     def request_system_restart(self, module: str, reason: str) -> None: ...
     def ready_signal(self, module: str) -> asyncio.Event: ...
+    def ready_acks(self, module: str) -> dict[str, float]: ...
     def last_heartbeat(self, instance: str) -> float | None: ...
     def state_changed(self) -> None: ...
     def came_up(self, module: str) -> None: ...
@@ -180,47 +181,61 @@ class ModuleSupervisor:
         return gone
 
     async def _wait_ready(self, ids: list[str] | None, since: float) -> None:
-        """Until every instance in `ids` (external: at least one instance) answers readiness."""
+        """Until every instance in `ids` (external, None: at least one, and every one seen)
+        answers readiness; StartFailed when one exits or `startup_timeout` passes."""
         timeout = self.record.descriptor.startup_timeout
         deadline = self.clock() + timeout
         signal = self.ctx.ready_signal(self.name)
         pending = set(ids) if ids is not None else None
+        found: dict[str, bool] = {}
+        asked = False
         while True:
-            for instance in list(pending or ()):
-                if instance in self.exits:
-                    tail = log_tail(self.ctx.launcher.log_file(self.name))
-                    raise StartFailed(
-                        f"module {self.name} {self.exits[instance]} during startup (instance {instance}); "
-                        f"last lines of {self.ctx.launcher.log_file(self.name)}:\n{tail}",
-                        instance,
-                    )
-            found = await ready_instances(self.ctx.nc, self.ctx.subjects, self.name, since=since)
+            self._raise_on_exit(pending or set())
+            # SDK instances acknowledge the gate's `ready`: no need to ask them.
+            acks = self.ctx.ready_acks(self.name)
+            self._mark_ready(pending, [i for i in pending or () if acks.get(i, -1.0) >= since])
+            if pending is not None and not pending:
+                return
+            if asked or pending is None:  # just launched: give it a moment (and its ack a chance)
+                found = await ready_instances(self.ctx.nc, self.ctx.subjects, self.name, since=since)
+                if pending is None and found and all(found.values()):
+                    self._mark_ready(None, list(found))
+                    return
+                self._mark_ready(pending, [i for i in pending or () if found.get(i)])
+                if pending is not None and not pending:
+                    return
+            asked = True
             now = self.clock()
-            if pending is None:
-                if found and all(found.values()):
-                    for instance in found:
-                        self.ready_at[instance] = now
-                    return
-            else:
-                for instance in [i for i in pending if found.get(i)]:
-                    pending.discard(instance)
-                    self.ready_at[instance] = now
-                if not pending:
-                    return
             if now >= deadline:
-                waiting = ", ".join(sorted(pending)) if pending else "any instance"
-                seen = (
-                    "registered but not ready"
-                    if any(i in found for i in (pending or found))
-                    else "not registered"
-                )
-                raise StartFailed(
-                    f"module {self.name}: {waiting} did not answer readiness within {timeout:g}s ({seen})",
-                    next(iter(sorted(pending))) if pending else "",
-                )
+                raise self._not_ready(pending, found, timeout)
             signal.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(signal.wait(), min(POLL, max(deadline - now, 0.01)))
+
+    def _mark_ready(self, pending: set[str] | None, instances: list[str]) -> None:
+        now = self.clock()
+        for instance in instances:
+            if pending is not None:
+                pending.discard(instance)
+            self.ready_at[instance] = now
+
+    def _raise_on_exit(self, pending: set[str]) -> None:
+        for instance in sorted(pending):
+            if instance in self.exits:
+                log_file = self.ctx.launcher.log_file(self.name)
+                raise StartFailed(
+                    f"module {self.name} {self.exits[instance]} during startup (instance {instance}); "
+                    f"last lines of {log_file}:\n{log_tail(log_file)}",
+                    instance,
+                )
+
+    def _not_ready(self, pending: set[str] | None, found: dict[str, bool], timeout: float) -> StartFailed:
+        waiting = ", ".join(sorted(pending)) if pending else "any instance"
+        seen = "registered but not ready" if any(i in found for i in (pending or found)) else "not registered"
+        return StartFailed(
+            f"module {self.name}: {waiting} did not answer readiness within {timeout:g}s ({seen})",
+            min(pending) if pending else "",
+        )
 
     # --- stop --------------------------------------------------------------------------------
     async def stop(self, reason: str, timeout: float | None = None) -> list[str]:
