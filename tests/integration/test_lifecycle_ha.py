@@ -56,6 +56,11 @@ def replicas(tmp_path: Path, nats_url: str, prefix: str) -> Iterator[dict[str, s
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(15)
+        # Modules outlive their orchestrator by design: a failed test must not leave them behind.
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("CORRAL_PREFIX") == prefix:
+                    process.kill()
 
 
 async def leader_status(nc: Client, prefix: str) -> dict[str, object]:
