@@ -213,3 +213,27 @@ async def test_missing_heartbeats_are_a_failure(
         assert "(3 intervals of 0.2s)" in failure
         (new_pid,) = await pids_of(nc, prefix, "sleepy")
         assert new_pid != pid
+
+
+async def test_a_critical_module_failing_restarts_the_whole_system(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    core = probe(critical=True, restart={**FAST, "strategy": "system_restart"})
+    config = system(tmp_path, {"core": core, "edge": probe(["core"]), "other": probe()})
+    events = EventLog()
+    await events.attach(nc, prefix)
+    async with orchestrator(settings, config):
+        assert (await call(nc, f"{prefix}.orchestrator.start_system"))["success"]
+        before = {name: await pids_of(nc, prefix, name) for name in ("core", "edge", "other")}
+        os.kill(before["core"][0], signal.SIGKILL)
+        await events.wait_for(lambda: all(events.of(n).count(("starting", "running")) == 2 for n in before))
+        # Everything went down (dependents first) and came back up in dependency order.
+        assert events.of("edge")[2:] == [
+            ("running", "stopping"), ("stopping", "stopped"),
+            ("stopped", "starting"), ("starting", "running"),
+        ]  # fmt: skip
+        assert events.of("core")[2:] == events.of("edge")[2:]
+        after = {name: await pids_of(nc, prefix, name) for name in before}
+        assert all(after[name] != before[name] for name in before)
+        (entry,) = await history(nc, prefix, "core")
+        assert (entry["action"], entry["outcome"]) == ("system_restart", "system restart requested")
