@@ -136,8 +136,9 @@ async def baseline(nc: NatsClient, url: str, workdir: Path, n: int, parallel: bo
     procs: list[subprocess.Popen[bytes]] = []
 
     def launch(i: int) -> None:
+        # Metrics on a free port, like the modules the orchestrator launches.
         env = {**os.environ, "NATS_URL": url, "CORRAL_PREFIX": prefix, "CORRAL_MODULE": f"m{i}",
-               "CORRAL_METRICS_PORT": "-1", "CORRAL_LOG_LEVEL": "WARNING"}  # fmt: skip
+               "CORRAL_METRICS_PORT": "0", "CORRAL_LOG_LEVEL": "WARNING"}  # fmt: skip
         procs.append(
             subprocess.Popen([sys.executable, str(module), "--no-wait"], env=env, stdout=subprocess.DEVNULL)
         )

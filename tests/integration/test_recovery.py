@@ -237,3 +237,20 @@ async def test_a_critical_module_failing_restarts_the_whole_system(
         assert all(after[name] != before[name] for name in before)
         (entry,) = await history(nc, prefix, "core")
         assert (entry["action"], entry["outcome"]) == ("system_restart", "system restart requested")
+
+
+async def test_only_the_failed_instance_of_several_is_relaunched(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    config = system(tmp_path, {"pool": probe(instances=2, restart=FAST)})
+    events = EventLog()
+    await events.attach(nc, prefix)
+    async with orchestrator(settings, config):
+        started = await call(nc, f"{prefix}.orchestrator.start_system")
+        first, second = started["payload"]["started"][0]["pids"]
+        os.kill(first, signal.SIGKILL)
+        await events.wait_for(lambda: events.of("pool").count(("starting", "running")) == 2)
+        pids = await pids_of(nc, prefix, "pool")
+        assert len(pids) == 2
+        assert second in pids  # the healthy instance was left alone
+        assert first not in pids

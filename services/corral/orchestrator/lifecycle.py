@@ -42,6 +42,7 @@ log = logging.getLogger("corral.orchestrator.lifecycle")
 _encode = msgspec.json.Encoder().encode
 _decode_heartbeat = msgspec.json.Decoder(Heartbeat).decode
 TICK = 0.5  # seconds between heartbeat and log-size checks
+HEARTBEAT_MEMORY = 600.0  # seconds a silent instance's last heartbeat is remembered
 
 
 class ModuleResult(msgspec.Struct):
@@ -173,6 +174,8 @@ class Lifecycle:
         for sup in self.supervisors.values():
             await sup.detach()
         self.supervisors.clear()
+        self.registry.records.clear()  # a standby reads KV, not what it last knew as leader
+        self._heartbeats.clear()
 
     def _new_record(self, name: str, module: ModuleConfig, source: str) -> ModuleRecord:
         argv = self.config.module_argv(name, module) if module.kind in ("process", "wasm") else []
@@ -467,6 +470,8 @@ class Lifecycle:
             now = time.monotonic()
             for sup in list(self.supervisors.values()):
                 sup.check_heartbeats(now)
+            for instance in [i for i, seen in self._heartbeats.items() if now - seen > HEARTBEAT_MEMORY]:
+                del self._heartbeats[instance]  # instances long gone (replaced by restarts)
             with contextlib.suppress(OSError):
                 self.launcher.rotate_logs([n for n, s in self.supervisors.items() if s.spawns])
 

@@ -336,10 +336,10 @@ class ModuleSupervisor:
         while not self._failures.empty():
             failure = self._failures.get_nowait()
             try:
-                await self._recover(failure.instance, failure.what)
+                recovered = await self._recover(failure.instance, failure.what)
             finally:
                 self._handled.discard(failure.instance or "*")
-            if self.record.state in UP_STATES and self.spawns:
+            if recovered and self.record.state in UP_STATES and self.spawns:
                 # Instances that died while another one was being recovered.
                 for inst in self.record.instances:
                     if inst.instance in self.exits and inst.instance not in self._handled:
@@ -348,7 +348,9 @@ class ModuleSupervisor:
                             _Failure(inst.instance, f"instance {inst.instance} {self.exits[inst.instance]}")
                         )
 
-    async def _recover(self, instance: str, what: str) -> None:
+    async def _recover(self, instance: str, what: str) -> bool:
+        """Apply the planner's decisions until the module is back (True), or it is handed on:
+        to an operator, or to a system restart (False)."""
         while True:
             decision = self.planner.decide(self.clock(), what)
             entry = RecoveryEntry(
@@ -367,11 +369,12 @@ class ModuleSupervisor:
                 await self._finish(
                     entry, "gave up" if decision.action == GIVE_UP else "waiting for an operator"
                 )
-                return
+                return False
             if decision.action == "system_restart":
+                await asyncio.sleep(decision.delay)
                 await self._finish(entry, "system restart requested")
                 self.ctx.request_system_restart(self.name, decision.reason)
-                return
+                return False
             if self.record.state is not ModuleState.STARTING:
                 await self._set(ModuleState.STARTING, decision.reason, attempts=decision.attempt)
             await asyncio.sleep(decision.delay)
@@ -387,7 +390,7 @@ class ModuleSupervisor:
             await self._set(
                 new, f"recovered by {decision.action} (attempt {decision.attempt})", attempts=decision.attempt
             )
-            return
+            return True
 
     async def _finish(self, entry: RecoveryEntry, outcome: str) -> None:
         entry.outcome = outcome
