@@ -28,6 +28,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from corral.errors import ConfigError
@@ -44,6 +45,8 @@ __all__ = [
     "ensure_stream",
     "events_stream_spec",
     "publish_durable",
+    "request",
+    "round_trip",
 ]
 
 log = logging.getLogger("corral.bus")
@@ -330,3 +333,44 @@ async def publish_durable(
             log.info("publish to %s not acknowledged (%r); retrying with the same message id", subject, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+# Pauses before asking again after "no responders". nats-server (seen on 2.15, loopback) now and
+# then answers 503 to a request published just after another connection's SUB was confirmed by a
+# PONG: about 1 request in 200-300 in a tight subscribe-then-request loop. Nothing was delivered,
+# so asking again is safe, and a service that has just started is found on the second try.
+NO_RESPONDERS_RETRY_DELAYS: tuple[float, ...] = (0.005, 0.02, 0.05)
+
+
+async def request(
+    nc: Client,
+    subject: str,
+    data: bytes = b"",
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> Msg:
+    """`nc.request`, asked again a few times within `timeout` when the server says no responders."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for delay in NO_RESPONDERS_RETRY_DELAYS:
+        try:
+            return await nc.request(subject, data, timeout=deadline - loop.time(), headers=headers)
+        except nats.errors.NoRespondersError:
+            if loop.time() + delay >= deadline:
+                raise
+            await asyncio.sleep(delay)
+    return await nc.request(subject, data, timeout=max(deadline - loop.time(), 0.001), headers=headers)
+
+
+async def round_trip(nc: Client, timeout: int = 10) -> None:
+    """Return once the server has processed every command sent on `nc` before this call.
+
+    nats-py 2.16's `flush()` writes its PING straight to the socket, ahead of commands still
+    queued for its flusher task (such as the SUB of a subscription just made), so its PONG can
+    come back before the server has that SUB, and a request sent at once gets "no responders".
+    By the time the first PONG is back the flusher has written its queue, so a second PING cannot
+    overtake anything sent before this call.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.micro.service import EndpointStats as MicroEndpointStats
 from nats.micro.service import ServiceConfig
 
-from corral.bus import connect
+from corral.bus import connect, round_trip
 from corral.component import Component
 from corral.protocol import TRACEPARENT_HEADER, ErrorCode, Heartbeat, codec_for
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
@@ -173,8 +173,9 @@ class Service(Component):
             self.metrics.in_flight.set_function(lambda: len(self._tasks))
         await self._register()
         # The endpoint subscriptions are only sent; a round trip makes sure the server has them
-        # before start() returns, so a caller told "started" does not get "no responders".
-        await self.nc.flush()
+        # before start() returns, so a caller told "started" does not get "no responders"
+        # (one nats-py flush() is not enough: see corral.bus.round_trip).
+        await round_trip(self.nc)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
         log.info(
             "%s %s started",

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from corral.bus import BusSettings, connect
+from corral.bus import BusSettings, connect, request
 from corral.errors import CallTimeoutError, UnavailableError, error_from_payload
 from corral.protocol import TIMEOUT_HEADER, TRACEPARENT_HEADER, Priority, parse_priority
 from corral.sdk.state import StateClient
@@ -148,8 +148,12 @@ class Client(Tasks):
         headers = {TRACEPARENT_HEADER: traceparent or new_traceparent(), TIMEOUT_HEADER: str(timeout)}
         # The orchestrator answers TIMEOUT itself at `timeout`; wait a little longer for that answer.
         try:
-            msg = await self.nc.request(
-                self.subjects.send(module), _encoder.encode(envelope), timeout=timeout + 1.0, headers=headers
+            msg = await request(
+                self.nc,
+                self.subjects.send(module),
+                _encoder.encode(envelope),
+                timeout=timeout + 1.0,
+                headers=headers,
             )
         except nats.errors.NoRespondersError as exc:
             raise UnavailableError(

@@ -5,6 +5,9 @@ A fetch asks the queues in order of effective priority, each for at most the fre
 with `no_wait` pull requests, so the worker never holds a task it cannot start and the most
 urgent available task is always taken first.
 
+Within one level the routes take turns (the first route asked rotates with every fetch), so
+a busy task type cannot starve another of the same priority; FIFO holds within a level and route.
+
 Asking every queue each time would cost a round trip per queue, so a queue that came back
 empty is skipped for `recheck` seconds, except that the scheduler's kick
 (`<prefix>.tasks.kick.<priority>.<route>`, published when it queues tasks) makes it eligible at
@@ -61,6 +64,7 @@ class TaskQueueView:
     received: list[Msg] = field(default_factory=list)
     want: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    position: int = 0  # of its route among the worker's routes
 
     def effective(self, now: float, aging: float) -> int:
         if self.oldest is None or self.priority == 0:
@@ -91,6 +95,7 @@ class Puller:
         self._subs: list[Subscription] = []
         self._sampler: asyncio.Task[None] | None = None
         self.pulls = 0
+        self._turn = 0
 
     async def start(self) -> None:
         prefix = self.nc.new_inbox()
@@ -104,6 +109,7 @@ class Puller:
                     name,
                     f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
                     f"{prefix}.{len(self.queues)}",
+                    position=self.routes.index(route),
                 )
                 self.queues.append(view)
                 self._by_kick[self.subjects.task_kick(priority, route)] = view
@@ -175,9 +181,16 @@ class Puller:
 
     # --- pulling --------------------------------------------------------------------------------
     def order(self) -> list[TaskQueueView]:
+        """By effective priority, then nominal priority; the routes of one level take turns
+        (the starting route rotates with every fetch), so one busy type cannot starve another."""
         now = time.time()
         aging = self.settings.aging
-        return sorted(self.queues, key=lambda v: (v.effective(now, aging), v.priority))
+        self._turn += 1
+        count = len(self.routes) or 1
+        return sorted(
+            self.queues,
+            key=lambda v: (v.effective(now, aging), v.priority, (v.position - self._turn) % count),
+        )
 
     async def fetch(self, free: int) -> list[Msg]:
         """Up to `free` tasks, most urgent first."""
