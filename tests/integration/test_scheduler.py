@@ -23,6 +23,7 @@ from corral.scheduler.service import SchedulerService
 from corral.scheduling.ids import id_for_key
 from corral.scheduling.settings import SchedulerSettings
 from corral.sdk import Client, TaskCancelledError, TaskContext, TaskFailedError, Worker
+from corral.tracing import traceparent_var
 from tests.integration.scheduler_helpers import FAST, call, fails, ok
 
 
@@ -574,6 +575,22 @@ async def test_traceparent_reaches_the_worker_and_its_events(
     assert seen == [traceparent]
 
 
+async def test_a_submission_made_while_serving_a_trace_continues_it(
+    client: Client, settings: ServiceSettings
+) -> None:
+    serving = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        token = traceparent_var.set(serving)  # as the runtime does for the request it serves
+        try:
+            handle = await client.submit("trace", {})
+        finally:
+            traceparent_var.reset(token)
+        result = await handle.result(timeout=5)
+    assert result["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert result["traceparent"] != serving  # a child span of the request, not the request itself
+
+
 async def test_status_counts_queued_tasks_by_priority(
     scheduler: SchedulerService, nc: NatsClient, prefix: str
 ) -> None:
@@ -596,7 +613,7 @@ async def test_stopping_a_worker_lets_running_tasks_finish_and_hands_back_the_re
     quick = await client.submit("slow", {"seconds": 0.3})
     stuck = await client.submit("block", {})
     await asyncio.wait_for(rec.started.wait(), 5)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(worker.running.running) == 2)  # both are running
     await worker.stop()  # drains: `quick` finishes, `stuck` is NAKed back at the drain timeout
     assert (await quick.record()).status == "succeeded"
     assert (await stuck.record()).status != "succeeded"

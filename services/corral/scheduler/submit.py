@@ -102,6 +102,8 @@ class Submitter:
 
     async def _dependency_statuses(self, batch: _Batch) -> dict[str, Status | None]:
         """How the dependencies outside the batch stand; an unknown one is refused."""
+        if not any(r.dependencies for r in batch.requests):
+            return {}
         outside = sorted({d for r in batch.requests for d in r.dependencies if d not in batch.first_of})
         found = await asyncio.gather(*(self.store.status(d) for d in outside))
         statuses = dict(zip(outside, found, strict=True))
@@ -129,7 +131,8 @@ class Submitter:
             result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
             writes.append(await self.store.put_result_async(result))
             plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
-        await asyncio.gather(*writes, *(self.store.hold(record.id) for record, _ in plan.held))
+        if writes or plan.held:
+            await asyncio.gather(*writes, *(self.store.hold(record.id) for record, _ in plan.held))
         if plan.held:
             await self.on_hold()
         try:

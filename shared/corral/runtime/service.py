@@ -29,11 +29,12 @@ from corral.bus import connect, round_trip
 from corral.component import Component
 from corral.protocol import TRACEPARENT_HEADER, ErrorCode, Heartbeat, codec_for
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
-from corral.runtime.heartbeat import ProcessProbe
+from corral.runtime.heartbeat import HeartbeatEncoder, ProcessProbe, next_beat
 from corral.runtime.http import HttpEndpoint, ServiceMetrics
-from corral.runtime.logs import trace_id_from_traceparent, trace_id_var
+from corral.runtime.otel import RequestTracer, request_tracer
 from corral.runtime.settings import ServiceSettings
 from corral.subjects import Subjects
+from corral.tracing import traceparent_var
 
 __all__ = ["Service"]
 
@@ -80,6 +81,7 @@ class Service(Component):
         self._stop_lock = asyncio.Lock()
         self._handled = 0
         self._own_endpoints: int | None = None  # endpoints added before the first start()
+        self._tracer: RequestTracer | None = None  # OpenTelemetry spans, when configured (runtime.otel)
 
     # --- what subclasses use -------------------------------------------------------------------
     @property
@@ -152,6 +154,7 @@ class Service(Component):
         first_start = self._own_endpoints is None
         if first_start:
             self._own_endpoints = len(self.endpoints)
+            self._tracer = request_tracer(self.name, self.instance, self.version)
         self.started_at = time.time()
         bus = msgspec.structs.replace(self.settings.bus, name=f"{self.name}:{self.instance}")
         self._nc = await connect(bus)
@@ -254,10 +257,26 @@ class Service(Component):
 
     async def _serve(self, endpoint: Endpoint, msg: Msg) -> None:
         headers = msg.headers
-        trace_id_var.set(trace_id_from_traceparent(headers.get(TRACEPARENT_HEADER)) if headers else None)
-        reply, elapsed_ns = await endpoint.serve(msg)
+        # The request's traceparent is this task's: its log lines carry the trace id, and
+        # calls made on its behalf continue the trace (corral.tracing).
+        if self._tracer is None:
+            traceparent_var.set(headers.get(TRACEPARENT_HEADER) if headers else None)
+            reply, elapsed_ns = await endpoint.serve(msg)
+        else:
+            with self._tracer.span(endpoint.name, msg.subject, headers) as span:
+                traceparent_var.set(span.traceparent)
+                reply, elapsed_ns = await endpoint.serve(msg)
+                span.outcome(reply.code)
         self._handled += 1
         self.metrics.observe_request(endpoint.name, reply.code, elapsed_ns / 1e9)
+        if log.isEnabledFor(logging.DEBUG):  # CORRAL_LOG_LEVEL=DEBUG: a line per request
+            log.debug(
+                "served %s: %s in %.3f ms",
+                msg.subject,
+                reply.code,
+                elapsed_ns / 1e6,
+                extra={"endpoint": endpoint.name, "outcome": reply.code},
+            )
         await self._respond(msg, reply)
 
     async def _respond(self, msg: Msg, reply: Reply) -> None:
@@ -283,38 +302,46 @@ class Service(Component):
         return {}
 
     async def _heartbeat_loop(self) -> None:
+        # What this costs every process every second is the cost of monitoring (see
+        # corral.runtime.heartbeat and bench/health_overhead.py): one wake-up, one publish.
         probe = ProcessProbe()
         subject = self.subjects.heartbeat(self.name, self.instance)
-        codec = codec_for(None)
+        interval = self.settings.heartbeat_interval
+        encoder = HeartbeatEncoder(
+            Heartbeat(
+                service=self.name,
+                instance=self.instance,
+                role=self.role,
+                version=self.version,
+                pid=probe.process.pid,
+                host=probe.host,
+                started=self.started_at,
+                timestamp=0.0,
+                cpu_percent=0.0,
+                rss_bytes=0,
+                threads=0,
+                open_fds=0,
+                in_flight=0,
+                handled=0,
+                ready=False,
+                metrics_url=self.metrics_url,
+                service_id=self._micro.id if self._micro is not None else "",
+                modctl=self.has_control_verbs,
+            )
+        )
         while True:
             try:
                 cpu, rss, threads, fds = probe.read()
-                beat = Heartbeat(
-                    service=self.name,
-                    instance=self.instance,
-                    role=self.role,
-                    version=self.version,
-                    pid=probe.process.pid,
-                    host=probe.host,
-                    started=self.started_at,
-                    timestamp=time.time(),
-                    cpu_percent=cpu,
-                    rss_bytes=rss,
-                    threads=threads,
-                    open_fds=fds,
-                    in_flight=len(self._tasks),
-                    handled=self._handled,
-                    ready=self.readiness()[0],
-                    metrics_url=self.metrics_url,
-                    service_id=self._micro.id if self._micro is not None else "",
-                    modctl=self.has_control_verbs,
+                data = encoder.encode(
+                    time.time(), cpu, rss, threads, fds, len(self._tasks), self._handled, self.readiness()[0]
                 )
                 if self.nc.is_connected:
-                    await self.nc.publish(subject, codec.encode(beat))
+                    await self.nc.publish(subject, data)
                     self.metrics.heartbeats.inc()
             except Exception as exc:  # a heartbeat must never kill the service
                 log.warning("heartbeat failed: %r", exc)
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            now = time.time()
+            await asyncio.sleep(next_beat(now, interval) - now)
 
     async def stop(self) -> None:
         """Drain: stop taking requests, finish those in flight (up to drain_timeout), disconnect.

@@ -11,7 +11,8 @@ a busy task type cannot starve another of the same priority; FIFO holds within a
 Asking every queue each time would cost a round trip per queue, so a queue that came back
 empty is skipped for `recheck` seconds, except that the scheduler's kick
 (`<prefix>.tasks.kick.<priority>.<route>`, published when it queues tasks) makes it eligible at
-once; an idle worker sleeps until a kick or `idle_poll`.
+once; an idle worker sleeps until a kick or `idle_poll`, and then asks only the queues a kick
+named (or all of them, after `idle_poll`).
 
 Aging: every `aging / 4` seconds the worker samples the oldest waiting task of each queue. A
 queue whose oldest task has waited `k * aging` seconds competes as `k` levels more urgent
@@ -213,6 +214,12 @@ class Puller:
                     view.empty_until = now + self.settings.recheck
             else:
                 view.empty_until = now + self.settings.recheck
+        if not got:
+            # Idle: every queue stays unasked until a kick (or a retry coming due) names it, or
+            # `idle_poll` passes. A kicked queue is then the only one asked: one round trip
+            # from kick to task, not one per more urgent queue.
+            for view in self.queues:
+                view.empty_until = max(view.empty_until, now + self.settings.idle_poll)
         return got
 
     async def _pull(self, view: TaskQueueView, batch: int) -> list[Msg]:
@@ -251,6 +258,7 @@ class Puller:
                 if not info.num_pending:
                     view.oldest = None
                     continue
+                view.empty_until = 0.0  # tasks wait there, kicked or not
                 start = (info.delivered.stream_seq or 0) + 1
                 subject = self.subjects.task_queue(view.priority, view.route)
                 raw = await self.js.get_msg(stream, seq=start, subject=subject, next=True)

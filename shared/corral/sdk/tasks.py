@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from corral.errors import CallTimeoutError, CorralError, ModuleError, UnavailableError, error_from_payload
 from corral.protocol import TRACEPARENT_HEADER
 from corral.scheduling.messages import FINAL, Backoff, Status, TaskRecord, TaskResult
+from corral.tracing import outgoing_traceparent
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -38,8 +39,9 @@ __all__ = ["TaskCancelledError", "TaskError", "TaskFailedError", "TaskHandle", "
 _encode = msgspec.json.Encoder().encode
 _result = msgspec.json.Decoder(TaskResult)
 RESULT_POLL = 2.0  # seconds between KV reads while waiting, in case an event was missed
-UPDATES_BUFFER = 64
-NO_RESPONDER_RETRIES = 3  # progress deltas a slow reader may fall behind before deltas are dropped
+UPDATES_BUFFER = 64  # progress deltas a slow reader may fall behind before deltas are dropped
+# Asking again after "no responders" (0.1 s, 0.2 s, 0.3 s apart) rides out a scheduler restart.
+NO_RESPONDER_RETRIES = 3
 
 
 class _Reply(msgspec.Struct):
@@ -185,9 +187,8 @@ class Tasks:
     async def _scheduler(
         self, verb: str, body: Any, *, timeout: float = 10.0, traceparent: str | None = None
     ) -> Any:
-        from corral.sdk.client import new_traceparent
-
-        headers = {TRACEPARENT_HEADER: traceparent or new_traceparent()}
+        # Inside a handler or a task, the submission continues the trace being served.
+        headers = {TRACEPARENT_HEADER: traceparent or outgoing_traceparent()}
         subject = self.subjects.service("scheduler", verb)
         data = _encode(body)
         for attempt in range(NO_RESPONDER_RETRIES + 1):

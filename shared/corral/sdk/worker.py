@@ -52,7 +52,6 @@ from corral.component import Component
 from corral.errors import ConfigError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.runtime import RequestContext, Service, ServiceSettings, run_forever
-from corral.runtime.logs import trace_id_from_traceparent, trace_id_var
 from corral.scheduling.messages import (
     FINAL,
     DeadLetter,
@@ -71,6 +70,7 @@ from corral.scheduling.store import TaskStore
 from corral.sdk.puller import PULL_TIMEOUT, Puller
 from corral.sdk.task_context import TaskContext
 from corral.subjects import validate_token
+from corral.tracing import traceparent_var
 
 __all__ = ["TaskHandler", "Worker", "WorkerService"]
 
@@ -370,7 +370,7 @@ class WorkerService(Service):
             await msg.term()
             return
         traceparent = (msg.headers or {}).get(TRACEPARENT_HEADER) or spec.traceparent
-        trace_id_var.set(trace_id_from_traceparent(traceparent))
+        traceparent_var.set(traceparent)  # the task's log lines carry its trace id
         meta = msg.metadata
         attempt = meta.num_delivered
         running = self.running[key]
