@@ -181,6 +181,8 @@ class ModuleRegistration(msgspec.Struct, forbid_unknown_fields=True):
     version: str = ""
     depends_on: list[_Token] = []
     types: list[str] = []
+    # Seconds between the instance's heartbeats, so the orchestrator knows when they are missing.
+    heartbeat_interval: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
 
 
 class ModuleStatus(msgspec.Struct):

@@ -24,15 +24,16 @@ from nats.js import JetStreamContext
 
 from corral import graph
 from corral.bus import ensure_stream, events_stream_spec, publish_durable
-from corral.config import ModuleConfig, SystemConfig
+from corral.config import ModuleConfig, RestartPolicy, SystemConfig
 from corral.errors import ConflictError, NotFoundError, UnavailableError
 from corral.orchestrator.launchers import ProcessLauncher
+from corral.orchestrator.probe import ready_instances
 from corral.orchestrator.records import ModuleRecord, RecoveryEntry
 from corral.orchestrator.registry import ModuleRegistry
 from corral.orchestrator.startup import StartRun, SystemStartError
 from corral.orchestrator.states import UP_STATES, LifecycleAlert, LifecycleEvent, ModuleState
 from corral.orchestrator.supervisor import ModuleSupervisor, StartFailed
-from corral.protocol import Heartbeat
+from corral.protocol import Heartbeat, ModuleRegistration
 from corral.subjects import Subjects
 
 __all__ = ["Lifecycle", "ModuleResult", "StartReport", "StopReport", "SystemStartError"]
@@ -130,6 +131,7 @@ class Lifecycle:
                 records[name] = fresh
             else:  # keep its state and instances; take the descriptor from the file
                 record.descriptor, record.argv, record.cwd = fresh.descriptor, fresh.argv, fresh.cwd
+                record.source = "config"
         adopted = []
         for name, record in records.items():
             sup = self.supervisors[name] = ModuleSupervisor(record, self, clock=time.monotonic)
@@ -148,7 +150,10 @@ class Lifecycle:
         self._tick = asyncio.create_task(self._tick_loop(), name="lifecycle-tick")
         for name, record in records.items():
             if record.desired == "running" and record.state is ModuleState.STARTING:
-                self._spawn(self._resume_start(name))
+                if record.source == "sdk":  # not ours to start: its instances re-register
+                    self._spawn(self._rejoin(name))
+                else:
+                    self._spawn(self._resume_start(name))
         if adopted:
             log.info("adopted %s from the registry", ", ".join(adopted))
         self.active = True  # only now: requests that arrived meanwhile were held by the router
@@ -189,11 +194,11 @@ class Lifecycle:
     async def publish(self, event: LifecycleEvent) -> None:
         await self._publish_event(self.subjects.event("lifecycle", event.module), _encode(event))
 
-    async def alert(self, record: ModuleRecord, reason: str) -> None:
+    async def alert(self, record: ModuleRecord, reason: str, action: str = "") -> None:
         body = LifecycleAlert(
             module=record.name, state=record.state, error=record.status.error,
             attempts=record.status.attempts, reason=reason, time=time.time(),
-            action=f"fix it, then `corral restart {record.name}`",
+            action=action or f"fix it, then `corral restart {record.name}`",
         )  # fmt: skip
         log.error("module %s needs an operator: %s", record.name, reason)
         await self._publish_event(self.subjects.event("lifecycle", record.name, "alert"), _encode(body))
@@ -222,6 +227,9 @@ class Lifecycle:
     def ready_acknowledged(self, module: str, instance: str, started: float) -> None:
         self.ready_acks(module)[instance] = started
         self.ready_signal(module).set()
+        sup = self.supervisors.get(module)
+        if self.active and sup is not None and sup.self_registered:
+            self._spawn(sup.joined(instance))
 
     def last_heartbeat(self, instance: str) -> float | None:
         return self._heartbeats.get(instance)
@@ -245,7 +253,15 @@ class Lifecycle:
             raise UnavailableError("this orchestrator replica is not the leader; retry (a leader answers)")
 
     def _graph(self) -> dict[str, list[str]]:
-        return {name: list(r.descriptor.depends_on) for name, r in self.registry.records.items()}
+        # A self-registered module may name a dependency that has not registered yet (pods
+        # start in any order); the gate waits for it, the graph leaves it out until it exists.
+        records = self.registry.records
+        return {name: [d for d in r.descriptor.depends_on if d in records] for name, r in records.items()}
+
+    def _ours(self, names: list[str]) -> list[str]:
+        """`names` without the self-registered modules: start_system and stop_system leave
+        those to whoever started them (`corral stop <module>` still stops one)."""
+        return [n for n in names if self.registry.records[n].source != "sdk"]
 
     async def start_system(self) -> StartReport:
         self._require_active()
@@ -258,7 +274,7 @@ class Lifecycle:
         graph.check(deps)
         run = StartRun(
             self.supervisors,
-            graph.start_order(deps),
+            self._ours(graph.start_order(deps)),
             parallel=self.config.parallel_startup,
             delay=self.config.module_start_delay,
             skip=self._mark_skipped,
@@ -289,7 +305,7 @@ class Lifecycle:
         self._require_active()
         async with self.lock:
             began = time.monotonic()
-            order = graph.stop_order(self._graph(), self.started_order)
+            order = self._ours(graph.stop_order(self._graph(), self.started_order))
             stopped = await self._stop_modules(order, "stop_system", timeout)
             return StopReport(stopped, round(time.monotonic() - began, 3))
 
@@ -327,7 +343,7 @@ class Lifecycle:
     async def _system_restart(self, module: str, reason: str) -> None:
         log.warning("critical module %s failed (%s): restarting the whole system", module, reason)
         async with self.lock:
-            order = graph.stop_order(self._graph(), self.started_order)
+            order = self._ours(graph.stop_order(self._graph(), self.started_order))
             await self._stop_modules(order, f"system restart for {module}")
             try:
                 await self._start_system()
@@ -341,6 +357,14 @@ class Lifecycle:
             with contextlib.suppress(StartFailed):
                 await sup.stop("leader changed during startup")
                 await sup.start("resumed by the new leader")
+
+    async def _rejoin(self, name: str) -> None:
+        """A self-registered module was starting when the previous leader left; an instance
+        that was told `ready` meanwhile no longer re-registers, so ask."""
+        sup = self.supervisors[name]
+        found = await ready_instances(self.nc, self.subjects, name)
+        for instance in sorted(i for i, ready in found.items() if ready):
+            await sup.joined(instance)
 
     def came_up(self, name: str) -> None:
         if name in self.started_order:
@@ -423,6 +447,40 @@ class Lifecycle:
             await self.registry.save(record, self.leader_id)
             return record
 
+    async def join(self, reg: ModuleRegistration) -> ModuleRecord | None:
+        """An SDK instance that started on its own registered: create or update the module's
+        record (kind external, source "sdk") and start its lifecycle. A module declared in
+        corral.toml or registered with a descriptor keeps that descriptor and its lifecycle:
+        None, the registration only waits at the readiness gate. ValueError: a cycle."""
+        self._require_active()
+        record = self.registry.records.get(reg.module)
+        if record is not None and record.source != "sdk":
+            return None
+        descriptor = _external(reg, record.descriptor if record is not None else None)
+        if record is None or record.descriptor.depends_on != descriptor.depends_on:
+            names = {*self.registry.records, reg.module}
+            graph.check({**self._graph(), reg.module: [d for d in descriptor.depends_on if d in names]})
+        if record is None:
+            record = self._new_record(reg.module, descriptor, "sdk")
+            self.supervisors[reg.module] = ModuleSupervisor(record, self, clock=time.monotonic)
+            self.registry.histories.setdefault(reg.module, [])
+            log.info(
+                "module %s registered itself (external, depends on %s)", reg.module, descriptor.depends_on
+            )
+        record.descriptor, record.version, record.types = descriptor, reg.version, list(reg.types)
+        await self.supervisors[reg.module].join(reg.instance)
+        return record
+
+    async def leave(self, name: str, instance: str) -> tuple[str, str]:
+        """An SDK instance deregistered on a clean shutdown: (what happened, the module's state)."""
+        self._require_active()
+        sup = self.supervisors.get(name)
+        if sup is None or not sup.self_registered:
+            state = sup.record.state.value if sup is not None else ""
+            return "ignored", state  # declared modules: their lifecycle sees the exit itself
+        known = await sup.leave(instance)
+        return ("instance" if known else "ignored"), sup.record.state.value
+
     async def deregister(self, name: str) -> None:
         self._require_active()
         sup = self.supervisor(name)
@@ -475,6 +533,9 @@ class Lifecycle:
             with contextlib.suppress(OSError):
                 self.launcher.rotate_logs([n for n, s in self.supervisors.items() if s.spawns])
 
+    def spawn(self, coro: Any) -> None:
+        self._spawn(coro)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
@@ -482,3 +543,16 @@ class Lifecycle:
 
     async def close(self) -> None:
         await self.deactivate()
+
+
+# What a self-registered module gets when it fails while its instance still runs (an unhealthy
+# verdict): the `restart` control verb, with backoff, at most 3 times a minute, then an operator.
+# An instance that stops heartbeating is dropped instead (a dead instance takes no verb).
+EXTERNAL_RESTART = RestartPolicy(strategy="restart", max_attempts=3, window=60.0, escalation=["manual"])
+
+
+def _external(reg: ModuleRegistration, old: ModuleConfig | None) -> ModuleConfig:
+    """The descriptor of a self-registered module, from its instance's registration."""
+    base = old or ModuleConfig(kind="external", required=False, restart=EXTERNAL_RESTART)
+    interval = reg.heartbeat_interval or base.heartbeat_interval
+    return msgspec.structs.replace(base, depends_on=list(reg.depends_on), heartbeat_interval=interval)

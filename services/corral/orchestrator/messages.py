@@ -11,6 +11,7 @@ from corral.config import ModuleConfig
 
 __all__ = [
     "Deregister",
+    "DeregisterReply",
     "HistoryRequest",
     "ModuleRef",
     "Registration",
@@ -52,11 +53,24 @@ class Registration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version: str = ""
     depends_on: list[ModuleName] = []
     types: list[str] = []
+    heartbeat_interval: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0  # 0: the default (1 s)
     descriptor: ModuleConfig | None = None
 
 
-class Deregister(msgspec.Struct, forbid_unknown_fields=True):
+class Deregister(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`deregister`: without `instance`, remove a stopped module nothing depends on; with it, an
+    SDK instance leaving on a clean shutdown (a self-registered module whose last instance
+    leaves becomes stopped)."""
+
     module: ModuleName
+    instance: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
+class DeregisterReply(msgspec.Struct, kw_only=True):
+    module: str
+    instance: str = ""
+    deregistered: str  # "module" (removed), "instance" (left its module), "ignored" (not tracked)
+    state: str = ""  # the module's lifecycle state afterwards ("" once removed)
 
 
 class HistoryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -46,12 +46,16 @@ class RecoveryEntry(msgspec.Struct, kw_only=True):
 class ModuleRecord(msgspec.Struct, kw_only=True):
     name: str
     descriptor: ModuleConfig
-    source: str = "config"  # "config" (corral.toml) or "runtime" (registered over NATS)
+    # "config" (corral.toml), "runtime" (a descriptor registered over NATS) or "sdk" (an
+    # external module whose own instances registered, see Lifecycle.join)
+    source: str = "config"
     argv: list[str] = []  # resolved command (process and wasm)
     cwd: str = ""
     status: StateHolder = msgspec.field(default_factory=StateHolder)
     desired: str = "stopped"  # "running" or "stopped": what a leader taking over restores
     instances: list[InstanceRecord] = []
+    version: str = ""  # what its instances registered with (source "sdk")
+    types: list[str] = []
     leader: str = ""  # the replica that wrote this version
     updated: float = 0.0
 

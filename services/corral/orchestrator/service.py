@@ -37,6 +37,7 @@ from corral.orchestrator.lifecycle import (
 )
 from corral.orchestrator.messages import (
     Deregister,
+    DeregisterReply,
     HistoryRequest,
     ModuleRef,
     Registration,
@@ -324,13 +325,28 @@ class OrchestratorService(Service):
             return RegisterReply(
                 req.module, "", list(req.descriptor.depends_on if req.descriptor else []), []
             )
-        sdk = ModuleRegistration(req.module, req.instance, req.version, list(req.depends_on), list(req.types))
+        sdk = ModuleRegistration(
+            req.module,
+            req.instance,
+            req.version,
+            list(req.depends_on),
+            list(req.types),
+            req.heartbeat_interval,
+        )
+        if req.descriptor is None:
+            try:
+                await self.lifecycle.join(sdk)
+            except ValueError as exc:
+                raise ValidationError(f"{exc} - at `$.depends_on`") from exc
         return await self.gate.register(sdk)
 
-    async def _deregister(self, req: Deregister, ctx: RequestContext) -> dict[str, str]:
+    async def _deregister(self, req: Deregister, ctx: RequestContext) -> DeregisterReply:
         assert self.lifecycle is not None
+        if req.instance:
+            what, state = await self.lifecycle.leave(req.module, req.instance)
+            return DeregisterReply(module=req.module, instance=req.instance, deregistered=what, state=state)
         await self.lifecycle.deregister(req.module)
-        return {"module": req.module, "deregistered": "true"}
+        return DeregisterReply(module=req.module, deregistered="module")
 
     async def _start_system(self, _: StartSystem, ctx: RequestContext) -> StartReport:
         assert self.lifecycle is not None

@@ -52,9 +52,10 @@ class SupervisorContext(Protocol):
 
     async def save(self, record: ModuleRecord) -> None: ...
     async def publish(self, event: LifecycleEvent) -> None: ...
-    async def alert(self, record: ModuleRecord, reason: str) -> None: ...
+    async def alert(self, record: ModuleRecord, reason: str, action: str = "") -> None: ...
     async def add_history(self, module: str, entry: RecoveryEntry) -> None: ...
     def request_system_restart(self, module: str, reason: str) -> None: ...
+    def spawn(self, coro: Any) -> None: ...
     def ready_signal(self, module: str) -> asyncio.Event: ...
     def ready_acks(self, module: str) -> dict[str, float]: ...
     def last_heartbeat(self, instance: str) -> float | None: ...
@@ -82,6 +83,11 @@ class ModuleSupervisor:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._failures: asyncio.Queue[_Failure] = asyncio.Queue()
         self._recovery: asyncio.Task[None] | None = None
+        self._operating = False  # start() or stop() in progress: they own the state
+        # A self-registered module (source "sdk") between an instance's registration and its
+        # `ready` acknowledgement: the acknowledgement makes it running (see `join`).
+        self.joining = record.source == "sdk" and record.state is ModuleState.STARTING
+        self.joined_at: dict[str, float] = {}  # instance -> monotonic time it registered
 
     @property
     def name(self) -> str:
@@ -90,6 +96,15 @@ class ModuleSupervisor:
     @property
     def spawns(self) -> bool:
         return self.record.descriptor.kind in ("process", "wasm")
+
+    @property
+    def self_registered(self) -> bool:
+        return self.record.source == "sdk"
+
+    @property
+    def busy(self) -> bool:
+        """A start, stop or recovery owns the state: joins and leaves only update instances."""
+        return self._operating or self.recovering
 
     @property
     def recovering(self) -> bool:
@@ -116,6 +131,13 @@ class ModuleSupervisor:
 
         Raises StartFailed, with what was launched stopped again and the module failed.
         """
+        self._operating, self.joining = True, False
+        try:
+            return await self._start(reason)
+        finally:
+            self._operating = False
+
+    async def _start(self, reason: str) -> float:
         self.planner.reset()
         self.record.desired = "running"
         began = self.clock()
@@ -240,6 +262,13 @@ class ModuleSupervisor:
     # --- stop --------------------------------------------------------------------------------
     async def stop(self, reason: str, timeout: float | None = None) -> list[str]:
         """Drain and stop every instance (killed after stop_timeout); return how each ended."""
+        self._operating, self.joining = True, False
+        try:
+            return await self._stop(reason, timeout)
+        finally:
+            self._operating = False
+
+    async def _stop(self, reason: str, timeout: float | None) -> list[str]:
         self.record.desired = "stopped"
         await self._cancel_recovery()
         if self.record.state in (ModuleState.STOPPED, ModuleState.REGISTERED):
@@ -277,6 +306,7 @@ class ModuleSupervisor:
         deadline = self.clock() + timeout
         while self.clock() < deadline:
             if not await ready_instances(self.ctx.nc, self.ctx.subjects, self.name):
+                self.record.instances = []  # a self-registered module's: they are gone
                 return ["stopped by its stop verb"]
             await asyncio.sleep(POLL)
         return [f"still answering {timeout:g}s after the stop verb (external: not ours to kill)"]
@@ -308,20 +338,117 @@ class ModuleSupervisor:
 
     def check_heartbeats(self, now: float) -> None:
         """A failure for each instance silent for unhealthy_threshold heartbeat intervals."""
-        if self.record.state not in UP_STATES or self.recovering or not self.spawns:
+        watched = self.spawns or self.self_registered  # a declared external lists no instances
+        if (self.record.state not in UP_STATES and not self.joining) or self.busy or not watched:
             return
         module = self.record.descriptor
         limit = module.heartbeat_interval * module.unhealthy_threshold
-        for inst in self.record.instances:
+        for inst in list(self.record.instances):
             last = self.ctx.last_heartbeat(inst.instance)
-            ready = self.ready_at.get(inst.instance)
-            reference = max(x for x in (last, ready, 0.0) if x is not None)
+            seen = (last, self.ready_at.get(inst.instance), self.joined_at.get(inst.instance), 0.0)
+            reference = max(x for x in seen if x is not None)
             if reference and now - reference > limit:
-                self.fail(
-                    inst.instance,
+                what = (
                     f"instance {inst.instance}: no heartbeat for {now - reference:.1f}s "
-                    f"({module.unhealthy_threshold} intervals of {module.heartbeat_interval:g}s)",
+                    f"({module.unhealthy_threshold} intervals of {module.heartbeat_interval:g}s)"
                 )
+                if self.spawns:
+                    self.fail(inst.instance, what)
+                elif inst.instance not in self._handled:
+                    self._handled.add(inst.instance)
+                    self.ctx.spawn(self._lose(inst.instance, what))
+
+    # --- a module whose own instances register (source "sdk") ----------------------------------
+    async def join(self, instance: str) -> None:
+        """An instance registered: record it; a module that was not up starts (registered,
+        stopped or failed -> starting) and becomes running when an instance acknowledges `ready`."""
+        if not any(i.instance == instance for i in self.record.instances):
+            self.record.instances.append(InstanceRecord(instance=instance, started=time.time()))
+            self.joined_at[instance] = self.clock()
+            self._handled.discard(instance)
+        if self.busy or self.record.state not in (
+            ModuleState.REGISTERED,
+            ModuleState.STOPPED,
+            ModuleState.FAILED,
+        ):
+            await self.ctx.save(self.record)
+            return
+        self.record.desired = "running"
+        self.planner.reset()
+        self.joining = True
+        deps = self.record.descriptor.depends_on
+        waits = f"; waiting for {', '.join(deps)}" if deps else ""
+        await self._set(ModuleState.STARTING, f"instance {instance} registered{waits}", attempts=0)
+
+    async def joined(self, instance: str) -> None:
+        """An instance acknowledged the readiness gate's `ready` (its dependencies are up)."""
+        inst = next((i for i in self.record.instances if i.instance == instance), None)
+        if inst is None:  # registered with a previous leader: known from now on
+            inst = InstanceRecord(instance=instance, started=time.time())
+            self.record.instances.append(inst)
+        inst.ready = True
+        self.ready_at[instance] = self.clock()
+        if self.joining and self.record.state is ModuleState.STARTING and not self.busy:
+            self.joining = False
+            await self._set(ModuleState.RUNNING, f"instance {instance} acknowledged ready")
+        else:
+            await self.ctx.save(self.record)
+
+    async def leave(self, instance: str) -> bool:
+        """An instance deregistered on a clean shutdown. The last one to leave makes the module
+        stopped (not removed: its dependents, history and state stay readable). False when the
+        instance was not known."""
+        known = any(i.instance == instance for i in self.record.instances)
+        self._forget(instance)
+        up = self.record.state in (ModuleState.STARTING, *UP_STATES)
+        if self.record.instances or self.busy or not up:
+            await self.ctx.save(self.record)
+            return known
+        self.record.desired = "stopped"
+        self.joining = False
+        await self._set(ModuleState.STOPPING, f"instance {instance} deregistered (clean shutdown)")
+        await self._set(ModuleState.STOPPED, "every instance shut down cleanly and deregistered")
+        return known
+
+    async def _lose(self, instance: str, what: str) -> None:
+        """An instance of a self-registered module stopped heartbeating (killed, or cut off).
+        It cannot be relaunched from here and takes no control verb, so it is dropped; when none
+        is left the module is failed, with an alert, until an instance registers again (its
+        platform, e.g. Kubernetes, restarts it) or an operator acts."""
+        try:
+            if self.busy or instance not in {i.instance for i in self.record.instances}:
+                return
+            self._forget(instance)
+            if self.record.state not in (ModuleState.STARTING, *UP_STATES):
+                await self.ctx.save(self.record)
+                return
+            left = len(self.record.instances)
+            action = "drop_instance" if left else "manual"
+            entry = RecoveryEntry(
+                time=time.time(), failure=what, instance=instance, action=action,
+                attempt=0, max_attempts=0, delay=0.0,
+            )  # fmt: skip
+            await self.ctx.add_history(self.name, entry)
+            if left:
+                await self.ctx.save(self.record)
+                await self._finish(entry, f"dropped; {left} instance(s) still serving")
+                return
+            self.joining = False
+            reason = f"external module lost its last instance: {what}"
+            await self._set(ModuleState.FAILED, reason, error=what)
+            await self.ctx.alert(
+                self.record, reason,
+                action="start an instance again (it rejoins when it registers), or "
+                f"`corral stop {self.name}` / deregister it",
+            )  # fmt: skip
+            await self._finish(entry, "waiting for an instance to register again")
+        finally:
+            self._handled.discard(instance)
+
+    def _forget(self, instance: str) -> None:
+        self.record.instances = [i for i in self.record.instances if i.instance != instance]
+        self.ready_at.pop(instance, None)
+        self.joined_at.pop(instance, None)
 
     async def _cancel_recovery(self) -> None:
         if self._recovery is not None and not self._recovery.done():
@@ -360,7 +487,8 @@ class ModuleSupervisor:
             await self.ctx.add_history(self.name, entry)
             if decision.action in (GIVE_UP, "manual"):
                 # Left as they are for the operator, except what is gone already.
-                self.record.instances = [i for i in self.record.instances if self.ctx.launcher.alive(i)]
+                if self.spawns:
+                    self.record.instances = [i for i in self.record.instances if self.ctx.launcher.alive(i)]
                 if self.record.state is not ModuleState.FAILED:
                     await self._set(
                         ModuleState.FAILED, decision.reason, error=what, attempts=decision.attempt

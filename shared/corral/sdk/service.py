@@ -35,6 +35,7 @@ log = logging.getLogger("corral.sdk")
 
 REGISTER_RETRY = 1.0  # seconds between registrations until an orchestrator answers
 REREGISTER_EVERY = 5.0  # seconds between registrations while answered but not yet ready
+DEREGISTER_WAIT = 1.0  # seconds a clean shutdown waits for the orchestrator's answer
 
 
 class ModuleService(Service):
@@ -103,6 +104,7 @@ class ModuleService(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._registrar
             self._registrar = None
+            await self._deregister()
         if self.reset_pending:
             self.reset_pending = False
             for hook in self.module.reset_hooks:
@@ -158,6 +160,7 @@ class ModuleService(Service):
             version=self.version,
             depends_on=list(self.module.depends_on),
             types=sorted(self.module.handlers),
+            heartbeat_interval=self.settings.heartbeat_interval,
         )
         body = msgspec.json.encode(registration)
         subject = self.subjects.service("orchestrator", "register")
@@ -185,6 +188,18 @@ class ModuleService(Service):
                     log.info("registered with the orchestrator; %s", self.waiting_message())
                 answered = True
             await asyncio.sleep(REREGISTER_EVERY if answered else REGISTER_RETRY)
+
+    async def _deregister(self) -> None:
+        """A clean shutdown tells the orchestrator this instance is leaving (a self-started
+        module whose last instance leaves becomes stopped there, not failed). Best effort and
+        short: with no orchestrator, or none leading, the shutdown does not wait for one."""
+        body = msgspec.json.encode({"module": self.name, "instance": self.instance})
+        try:
+            await self.nc.request(
+                self.subjects.service("orchestrator", "deregister"), body, timeout=DEREGISTER_WAIT
+            )
+        except Exception as exc:  # no orchestrator, or not now: it notices the missing heartbeats
+            log.info("module %s: could not deregister: %r", self.name, exc)
 
     # --- handlers ------------------------------------------------------------------------------
     def _gated(self, handler: Handler) -> RawHandler:
