@@ -252,11 +252,14 @@ class Lifecycle:
         if not self.active:
             raise UnavailableError("this orchestrator replica is not the leader; retry (a leader answers)")
 
-    def _graph(self) -> dict[str, list[str]]:
-        # A self-registered module may name a dependency that has not registered yet (pods
-        # start in any order); the gate waits for it, the graph leaves it out until it exists.
-        records = self.registry.records
-        return {name: [d for d in r.descriptor.depends_on if d in records] for name, r in records.items()}
+    def _graph(self, joining: str = "", depends_on: list[str] | None = None) -> dict[str, list[str]]:
+        """The registry's graph (with `joining` -> `depends_on` added or replaced). A
+        self-registered module may name a dependency that has not registered yet (pods start in
+        any order): the gate waits for it, and the graph leaves it out until it exists."""
+        deps = {name: r.descriptor.depends_on for name, r in self.registry.records.items()}
+        if joining:
+            deps[joining] = depends_on or []
+        return {name: [d for d in needs if d in deps] for name, needs in deps.items()}
 
     def _ours(self, names: list[str]) -> list[str]:
         """`names` without the self-registered modules: start_system and stop_system leave
@@ -458,8 +461,7 @@ class Lifecycle:
             return None
         descriptor = _external(reg, record.descriptor if record is not None else None)
         if record is None or record.descriptor.depends_on != descriptor.depends_on:
-            names = {*self.registry.records, reg.module}
-            graph.check({**self._graph(), reg.module: [d for d in descriptor.depends_on if d in names]})
+            graph.check(self._graph(reg.module, descriptor.depends_on))
         if record is None:
             record = self._new_record(reg.module, descriptor, "sdk")
             self.supervisors[reg.module] = ModuleSupervisor(record, self, clock=time.monotonic)

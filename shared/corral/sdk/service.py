@@ -168,7 +168,7 @@ class ModuleService(Service):
         warned = False
         while not self.ready:
             try:
-                await self.nc.request(subject, body, timeout=REGISTER_RETRY)
+                reply = await self.nc.request(subject, body, timeout=REGISTER_RETRY)
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 if not warned:
                     log.warning(
@@ -184,7 +184,10 @@ class ModuleService(Service):
                 log.warning("module %s: registration failed: %r", self.name, exc)
                 answered = False
             else:
-                if not answered:
+                refused = _refusal(reply.data)
+                if refused and not answered:  # e.g. a dependency cycle: it waits until fixed
+                    log.error("module %s: the orchestrator refused the registration: %s", self.name, refused)
+                elif not answered:
                     log.info("registered with the orchestrator; %s", self.waiting_message())
                 answered = True
             await asyncio.sleep(REREGISTER_EVERY if answered else REGISTER_RETRY)
@@ -244,3 +247,16 @@ class ModuleService(Service):
                 ) from exc
 
         return run_with_timeout
+
+
+def _refusal(data: bytes) -> str:
+    """The errors of a refused reply ("" when it succeeded or is not a Response)."""
+    try:
+        reply = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return ""
+    if not isinstance(reply, dict) or reply.get("success", True):
+        return ""
+    payload = reply.get("payload")
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    return "; ".join(map(str, errors)) if isinstance(errors, list) else str(payload)

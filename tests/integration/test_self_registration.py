@@ -1,0 +1,280 @@
+"""SDK modules that start on their own (a Kubernetes pod, a module run by hand) join the
+orchestrator's registry when they register: kind external, a lifecycle with events, failure
+detection from their heartbeats, and a clean shutdown that deregisters them. Real nats-server,
+real module processes (tests/fixtures/modules/probe.py started here, not by the orchestrator)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from corral.runtime import ServiceSettings
+from corral.sdk import Module
+from tests.lifecycle_helpers import PROBE, EventLog, call, orchestrator, probe, system
+
+pytestmark = pytest.mark.slow
+
+CORRAL = str(Path(sys.executable).parent / "corral")
+
+
+class Pod:
+    """One self-started module process, as a platform would run it."""
+
+    def __init__(self, settings: ServiceSettings, module: str, instance: str, depends_on: list[str]) -> None:
+        self.env = {
+            **os.environ,
+            "NATS_URL": settings.bus.servers[0],
+            "CORRAL_PREFIX": settings.prefix,
+            "CORRAL_MODULE": module,
+            "CORRAL_INSTANCE": instance,
+            "CORRAL_DEPENDS_ON": ",".join(depends_on),
+            "CORRAL_HEARTBEAT_INTERVAL": "0.2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.instance = instance
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            PROBE,
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    async def signal(self, sig: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return await asyncio.wait_for(self.process.wait(), 15)
+
+    async def close(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@asynccontextmanager
+async def pods(settings: ServiceSettings) -> AsyncIterator[Any]:
+    started: list[Pod] = []
+
+    async def run(module: str, instance: str, depends_on: list[str] | None = None) -> Pod:
+        pod = Pod(settings, module, instance, depends_on or [])
+        await pod.start()
+        started.append(pod)
+        return pod
+
+    try:
+        yield run
+    finally:
+        for pod in started:
+            await pod.close()
+
+
+async def record(nc: Client, prefix: str, module: str) -> dict[str, Any]:
+    reply = await call(nc, f"{prefix}.orchestrator.module", {"module": module})
+    assert reply["success"], reply
+    found: dict[str, Any] = reply["payload"]
+    return found
+
+
+async def cli(settings: ServiceSettings, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        CORRAL, "--nats-url", settings.bus.servers[0], "--prefix", settings.prefix, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.chaos
+async def test_a_self_started_module_joins_runs_fails_rejoins_and_leaves(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    events = EventLog()
+    await events.attach(nc, prefix)
+    async with orchestrator(settings, system(tmp_path, {})), pods(settings) as run:
+        # Pods start in any order: the dependent first. It joins the registry and waits.
+        worker = await run("worker", "worker-a", ["base"])
+        await events.wait_for(lambda: events.state("worker") == "starting")
+        found = (await record(nc, prefix, "worker"))["record"]
+        assert found["source"] == "sdk"
+        assert found["descriptor"]["kind"] == "external"
+        assert found["descriptor"]["depends_on"] == ["base"]
+        assert found["descriptor"]["heartbeat_interval"] == 0.2  # what the instance registered with
+        assert found["types"] == ["ping"]
+        assert [i["instance"] for i in found["instances"]] == ["worker-a"]
+        assert found["status"]["reason"] == "instance worker-a registered; waiting for base"
+        await asyncio.sleep(1.0)
+        assert events.state("worker") == "starting"  # the dependency gate holds
+        refused = await call(nc, f"{prefix}.mod.worker.ping", {})
+        assert refused["payload"]["code"] == "UNAVAILABLE"
+
+        await run("base", "base-a")
+        await events.wait_for(lambda: events.state("worker") == "running")
+        assert events.of("base") == [("registered", "starting"), ("starting", "running")]
+        assert events.of("worker") == [("registered", "starting"), ("starting", "running")]
+        base_up = next(e["time"] for e in events.events if e["module"] == "base" and e["new"] == "running")
+        worker_up = next(
+            e["time"] for e in events.events if e["module"] == "worker" and e["new"] == "running"
+        )
+        assert base_up <= worker_up
+        assert (await call(nc, f"{prefix}.mod.worker.ping", {}))["success"]
+        listing = await cli(settings, "modules")
+        row = next(line for line in listing.splitlines() if " worker " in line)
+        assert "external" in row
+        assert "running" in row
+
+        # kill -9: no clean deregistration; the missing heartbeats are the failure.
+        assert await worker.signal(signal.SIGKILL) == -signal.SIGKILL
+        await events.wait_for(lambda: events.state("worker") == "failed", timeout=15)
+        await events.wait_for(lambda: bool(events.alerts))
+        (alert,) = [a for a in events.alerts if a["module"] == "worker"]
+        assert "lost its last instance" in alert["reason"]
+        assert "no heartbeat" in alert["error"]
+        assert "rejoins when it registers" in alert["action"]
+        shown = await cli(settings, "status", "--module", "worker")
+        assert "module worker: failed" in shown
+        assert "no heartbeat" in shown
+        assert "waiting for an instance to register again" in shown
+        history = (await record(nc, prefix, "worker"))["history"]
+        assert [(h["instance"], h["action"]) for h in history] == [("worker-a", "manual")]
+
+        # The platform starts it again: it rejoins and runs.
+        again = await run("worker", "worker-b", ["base"])
+        await events.wait_for(lambda: events.state("worker") == "running")
+        assert events.of("worker")[-3:] == [
+            ("running", "failed"),
+            ("failed", "starting"),
+            ("starting", "running"),
+        ]
+        assert [i["instance"] for i in (await record(nc, prefix, "worker"))["record"]["instances"]] == [
+            "worker-b"
+        ]
+
+        # A clean shutdown deregisters: stopped, not failed, and the record stays.
+        assert await again.signal(signal.SIGTERM) == 0
+        await events.wait_for(lambda: events.state("worker") == "stopped")
+        assert events.of("worker")[-2:] == [("running", "stopping"), ("stopping", "stopped")]
+        left = (await record(nc, prefix, "worker"))["record"]
+        assert left["instances"] == []
+        assert left["desired"] == "stopped"
+        assert [a["module"] for a in events.alerts] == ["worker"]  # no alert for a clean stop
+        # Still a dependency of nothing: now it can be removed for good.
+        gone = await call(nc, f"{prefix}.orchestrator.deregister", {"module": "worker"})
+        assert gone["payload"] == {"module": "worker", "instance": "", "deregistered": "module", "state": ""}
+
+
+async def test_an_instance_leaving_while_others_serve_keeps_the_module_running(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    events = EventLog()
+    await events.attach(nc, prefix)
+    module = Module("replicated")
+    async with orchestrator(settings, system(tmp_path, {})):
+        first = module.service(msgspec.structs.replace(settings, instance="rep-1"), wait_for_ready=True)
+        second = module.service(msgspec.structs.replace(settings, instance="rep-2"), wait_for_ready=True)
+        await first.start()
+        await second.start()
+        try:
+            await events.wait_for(lambda: events.state("replicated") == "running")
+            await asyncio.sleep(0.3)
+            instances = (await record(nc, prefix, "replicated"))["record"]["instances"]
+            assert sorted(i["instance"] for i in instances) == ["rep-1", "rep-2"]
+            await first.stop()  # deregisters rep-1; rep-2 still serves
+            await asyncio.sleep(0.5)
+            found = (await record(nc, prefix, "replicated"))["record"]
+            assert [i["instance"] for i in found["instances"]] == ["rep-2"]
+            assert found["status"]["state"] == "running"
+            await second.stop()
+            await events.wait_for(lambda: events.state("replicated") == "stopped")
+        finally:
+            await first.stop()
+            await second.stop()
+
+
+async def test_a_declared_module_keeps_its_descriptor_when_its_instances_register(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    async with orchestrator(settings, system(tmp_path, {"base": probe()})):
+        assert (await call(nc, f"{prefix}.orchestrator.start_system"))["success"]
+        # Another instance of `base`, started by hand, registers: the declared descriptor stays.
+        reply = await call(
+            nc, f"{prefix}.orchestrator.register",
+            {"module": "base", "instance": "by-hand", "depends_on": ["elsewhere"], "types": ["x"]},
+        )  # fmt: skip
+        assert reply["success"], reply
+        found = (await record(nc, prefix, "base"))["record"]
+        assert found["source"] == "config"
+        assert found["descriptor"]["kind"] == "process"
+        assert found["argv"][-1] == PROBE
+        assert found["descriptor"]["depends_on"] == []
+        assert "by-hand" not in [i["instance"] for i in found["instances"]]
+        assert found["status"]["state"] == "running"
+        # Its launched instance deregistering would be ignored too: the lifecycle sees exits.
+        left = await call(nc, f"{prefix}.orchestrator.deregister", {"module": "base", "instance": "by-hand"})
+        assert left["payload"] == {
+            "module": "base",
+            "instance": "by-hand",
+            "deregistered": "ignored",
+            "state": "running",
+        }
+
+
+@pytest.mark.parametrize(
+    ("verb", "body", "error"),
+    [
+        ("register", {"module": "w", "instance": "i", "depends_on": ["bad name"]}, "at `$.depends_on[0]`"),
+        (
+            "register",
+            {"module": "w", "instance": "i", "depends_on": ["w"]},
+            "dependency cycle: w -> w - at `$.depends_on`",
+        ),
+        ("register", {"module": "w", "instance": "i", "heartbeat_interval": -1}, "at `$.heartbeat_interval`"),
+        ("register", {"module": "w", "instance": "x" * 300}, "at `$.instance`"),
+        ("register", {"module": "w", "instance": "i", "types": "ping"}, "at `$.types`"),
+        ("deregister", {"module": "w", "instance": 7}, "Expected `str`, got `int` - at `$.instance`"),
+        ("deregister", {"module": "w", "instance": "x" * 300}, "at `$.instance`"),
+        ("deregister", {"module": "bad name"}, "at `$.module`"),
+    ],
+)
+async def test_bad_registrations_are_refused_naming_the_field(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str, verb: str, body: Any, error: str
+) -> None:
+    async with orchestrator(settings, system(tmp_path, {})):
+        reply = await call(nc, f"{prefix}.orchestrator.{verb}", body)
+        assert reply["payload"]["code"] == "VALIDATION", reply
+        (message,) = reply["payload"]["errors"]
+        assert message.endswith(error), message
+        registry = await call(nc, f"{prefix}.orchestrator.registry")
+        assert registry["payload"] == []  # nothing half-registered
+
+
+async def test_a_cycle_between_self_registered_modules_is_refused_and_named(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    async with orchestrator(settings, system(tmp_path, {})):
+        first = await call(
+            nc, f"{prefix}.orchestrator.register", {"module": "a", "instance": "a1", "depends_on": ["b"]}
+        )
+        assert first["success"], first
+        second = await call(
+            nc, f"{prefix}.orchestrator.register", {"module": "b", "instance": "b1", "depends_on": ["a"]}
+        )
+        assert second["payload"] == {
+            "code": "VALIDATION", "errors": ["dependency cycle: a -> b -> a - at `$.depends_on`"]
+        }  # fmt: skip
+        registry = await call(nc, f"{prefix}.orchestrator.registry")
+        assert [r["name"] for r in registry["payload"]] == ["a"]
