@@ -167,7 +167,7 @@ def channels() -> list[Channel]:
         *(
             Channel(op, f"{{prefix}}.orchestrator.{verb}", text, struct)
             for op, verb, struct, text in (
-                ("deregister", "deregister", Deregister, "Remove a stopped module; with instance: it leaves."),
+                ("deregister", "deregister", Deregister, "Remove a module, or one instance of it."),
                 ("start_system", "start_system", StartSystem, "Start every module in dependency order."),
                 ("stop_system", "stop_system", StopSystem, "Stop every module in reverse order."),
                 ("start", "start", ModuleRef, "Start one module (its dependencies must be running)."),
