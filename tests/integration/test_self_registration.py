@@ -147,6 +147,7 @@ async def test_a_self_started_module_joins_runs_fails_rejoins_and_leaves(
         assert "rejoins when it registers" in alert["action"]
         shown = await cli(settings, "status", "--module", "worker")
         assert "module worker: failed" in shown
+        assert "kind external, registered by its own instances" in shown
         assert "no heartbeat" in shown
         assert "waiting for an instance to register again" in shown
         history = (await record(nc, prefix, "worker"))["history"]

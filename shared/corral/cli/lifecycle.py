@@ -129,6 +129,9 @@ async def module_status(bus: BusSettings, prefix: str, module: str) -> int:
     status = record["status"]
     since, reason = _ago(status["since"]), escape(status["reason"])
     out.print(f"module {module}: {_state(status['state'])} since {since} ({reason})")
+    if record.get("source") == "sdk":
+        version = escape(record.get("version") or "-")
+        out.print(f"kind external, registered by its own instances (version {version})")
     if status["error"]:
         out.print(f"error: {escape(status['error'])} (attempts: {status['attempts']})")
     policy = record["descriptor"].get("restart", {})
