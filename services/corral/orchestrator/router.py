@@ -5,6 +5,12 @@ take a bulkhead slot (queued by priority; OVERLOADED when the queue is full), fo
 payload as the raw bytes the caller sent (never decoded and re-encoded) with the smallest of
 the module's, the Envelope's and the header's timeout, retry idempotent types on request,
 and return the module's reply bytes as they came.
+
+A module whose instances all answer directly (SDK modules; corral.runtime.direct) gets the
+call with the caller's inbox in `Corral-Reply-To`: it answers the caller itself and reports
+the outcome, which settles the breaker permit, the bulkhead slot and the statistics here as
+a reply would. Calls with retries, and modules that do not advertise it (the WASM adapter,
+`external` modules), go through the orchestrator both ways.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ from corral.orchestrator.breaker import CircuitBreaker, Permit
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.bulkhead import Bulkhead
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.mux import OutcomeLostError, Reported, RequestMux
 from corral.orchestrator.stats import ModuleStats
 from corral.policy import CallPolicy
 from corral.protocol import (
+    DIRECT_REPLY_GRACE,
+    OUTCOMES_HEADER,
+    REPLY_TO_HEADER,
     TIMEOUT_HEADER,
     TRACEPARENT_HEADER,
     Codec,
@@ -48,6 +58,8 @@ _MODULE_FAULTS = frozenset(
     {ErrorCode.TIMEOUT.value, ErrorCode.MODULE_ERROR.value, ErrorCode.UNAVAILABLE.value}
 )
 _RETRY_BASE_DELAY = 0.05
+# A directly answered call whose report was lost in a reconnect: it may well have succeeded.
+OUTCOME_UNKNOWN = "UNKNOWN"
 
 
 @dataclass(slots=True)
@@ -71,8 +83,10 @@ class CallRouter:
         board: BreakerBoard,
         catalog: ModuleCatalog,
         max_request_bytes: int,
+        mux: RequestMux,
     ) -> None:
         self.nc = nc
+        self.mux = mux
         self.subjects = subjects
         self.policy_for = policy_for
         self.default_policy = default_policy
@@ -211,24 +225,39 @@ class CallRouter:
     ) -> Reply:
         """One request to the module, waiting `remaining` seconds of the call's `timeout`."""
         headers = {k: v for k in _FORWARDED_HEADERS if msg.headers and (v := msg.headers.get(k))} or None
+        direct = bool(msg.reply) and not envelope.retries and self.catalog.answers_directly(module)
+        wait = remaining
+        if direct:
+            headers = headers or {}
+            headers[REPLY_TO_HEADER] = msg.reply
+            headers[OUTCOMES_HEADER] = self.mux.outcomes_subject
+            headers[TIMEOUT_HEADER] = f"{remaining:.6g}"
+            wait = remaining + DIRECT_REPLY_GRACE  # the module answers TIMEOUT itself at `remaining`
         try:
-            response = await self.nc.request(
+            answer = await self.mux.request(
                 self.subjects.module(module, envelope.type),
                 envelope.payload_bytes,
-                timeout=timeout,
-                headers=headers,
+                wait,
+                headers,
+                direct=direct,
             )
         except nats.errors.NoRespondersError:
             return await self._no_responders(module, envelope.type, codec)
+        except OutcomeLostError:
+            # No verdict for the breaker (the permit is released), no second answer to the caller.
+            return Reply(b"", None, False, OUTCOME_UNKNOWN, answered=True)
         except nats.errors.TimeoutError:
+            late = f", nor reported an outcome {DIRECT_REPLY_GRACE:g}s after" if direct else ""
             return error_reply(
                 codec,
                 envelope.type,
                 ErrorCode.TIMEOUT,
-                f"module {module!r} did not answer {envelope.type!r} within {timeout:g}s",
+                f"module {module!r} did not answer {envelope.type!r} within {timeout:g}s{late}",
             )
-        code = response.headers.get(ERROR_CODE_HEADER, "ok") if response.headers else "ok"
-        return Reply(response.data, response.headers, code == "ok", code)
+        if isinstance(answer, Reported):
+            return Reply(b"", None, answer.code == "ok", answer.code, answered=True)
+        code = answer.headers.get(ERROR_CODE_HEADER, "ok") if answer.headers else "ok"
+        return Reply(answer.data, answer.headers, code == "ok", code)
 
     async def _no_responders(self, module: str, type_: str, codec: Codec) -> Reply:
         """Nobody answered: say whether the module is down, unknown, or lacks the type."""

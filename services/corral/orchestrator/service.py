@@ -23,6 +23,7 @@ from corral.errors import NotFoundError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.mux import RequestMux
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.router import CallRouter
 from corral.orchestrator.subscriptions import Subscriptions
@@ -76,6 +77,8 @@ class OrchestratorService(Service):
         self.board: BreakerBoard | None = None
         self.subscriptions = Subscriptions()
         self.gate: ReadinessGate | None = None
+        self.mux: RequestMux | None = None
+        self.catalog: ModuleCatalog | None = None
 
     async def setup(self) -> None:
         self.board = BreakerBoard(
@@ -87,14 +90,18 @@ class OrchestratorService(Service):
             lambda module: self.policies.get(module, self.default_policy).breaker,
         )
         await self.board.start()
+        self.mux = RequestMux(self.nc)
+        await self.mux.start()
+        self.catalog = ModuleCatalog(self.nc, self.subjects.prefix)
         self.router = CallRouter(
             self.nc,
             self.subjects,
             policy_for=self.policies,
             default_policy=self.default_policy,
             board=self.board,
-            catalog=ModuleCatalog(self.nc, self.subjects.prefix),
+            catalog=self.catalog,
             max_request_bytes=self.settings.max_request_bytes,
+            mux=self.mux,
         )
         self.subscriptions.router = self.router
         self.subscriptions.start()
@@ -116,6 +123,10 @@ class OrchestratorService(Service):
         await self.subscriptions.stop()
         if self.board is not None:
             await self.board.stop()
+        if self.catalog is not None:
+            await self.catalog.stop()
+        if self.mux is not None:
+            await self.mux.stop()
 
     async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
         return {

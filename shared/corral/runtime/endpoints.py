@@ -42,6 +42,7 @@ class Reply(NamedTuple):
     headers: dict[str, str] | None
     success: bool
     code: str = "ok"  # the ErrorCode value on failure; a metrics label
+    answered: bool = False  # someone else already answered the caller (a module's direct reply)
 
 
 RawHandler = Callable[[Msg], Awaitable[Reply]]
@@ -131,6 +132,7 @@ class Endpoint:
     response_type: str
     queue_group: str | None = None
     metadata: dict[str, str] | None = None  # published in the Services API INFO of the endpoint
+    direct_reply: bool = False  # honours Corral-Reply-To (see corral.runtime.direct)
     stats: EndpointStats = field(default_factory=EndpointStats)
 
     async def serve(self, msg: Msg) -> tuple[Reply, int]:

@@ -27,7 +27,15 @@ from nats.micro.service import ServiceConfig
 
 from corral.bus import connect
 from corral.component import Component
-from corral.protocol import TRACEPARENT_HEADER, ErrorCode, Heartbeat, codec_for
+from corral.protocol import (
+    OUTCOMES_HEADER,
+    REPLY_TO_HEADER,
+    TRACEPARENT_HEADER,
+    ErrorCode,
+    Heartbeat,
+    codec_for,
+)
+from corral.runtime.direct import DirectReplies
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
 from corral.runtime.heartbeat import ProcessProbe
 from corral.runtime.http import HttpEndpoint, ServiceMetrics
@@ -72,6 +80,7 @@ class Service(Component):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._micro: nats.micro.service.Service | None = None
+        self._direct: DirectReplies | None = None
         self._http: HttpEndpoint | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -120,9 +129,15 @@ class Service(Component):
         response_type: str | None = None,
         queue_group: str | None = None,
         metadata: dict[str, str] | None = None,
+        direct_reply: bool = False,
     ) -> Endpoint:
-        """Add a raw endpoint: `handler(msg)` returns the encoded Reply."""
-        endpoint = Endpoint(name, subject, handler, response_type or name, queue_group, metadata)
+        """Add a raw endpoint: `handler(msg)` returns the encoded Reply.
+
+        `direct_reply=True`: a request the orchestrator forwards with `Corral-Reply-To` is
+        answered there, with an outcome report to the orchestrator (corral.runtime.direct)."""
+        endpoint = Endpoint(
+            name, subject, handler, response_type or name, queue_group, metadata, direct_reply
+        )
         self.endpoints.append(endpoint)
         return endpoint
 
@@ -155,6 +170,7 @@ class Service(Component):
         self.started_at = time.time()
         bus = msgspec.structs.replace(self.settings.bus, name=f"{self.name}:{self.instance}")
         self._nc = await connect(bus)
+        self._direct = DirectReplies(self._nc)
         await self.setup()
         self._http = HttpEndpoint(
             self.metrics,
@@ -237,11 +253,13 @@ class Service(Component):
             if self._draining:
                 await self._respond(msg, self._unavailable(endpoint, msg))
                 return
-            task = asyncio.create_task(self._serve(endpoint, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._track(asyncio.create_task(self._serve(endpoint, msg)))
 
         return dispatch
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _unavailable(self, endpoint: Endpoint, msg: Msg) -> Reply:
         return error_reply(
@@ -254,10 +272,23 @@ class Service(Component):
     async def _serve(self, endpoint: Endpoint, msg: Msg) -> None:
         headers = msg.headers
         trace_id_var.set(trace_id_from_traceparent(headers.get(TRACEPARENT_HEADER)) if headers else None)
-        reply, elapsed_ns = await endpoint.serve(msg)
+        if (
+            endpoint.direct_reply
+            and headers
+            and msg.reply
+            and self._direct is not None
+            and (reply_to := headers.get(REPLY_TO_HEADER))
+            and headers.get(OUTCOMES_HEADER)
+        ):
+            reply, elapsed_ns = await self._direct.serve(
+                msg, reply_to, endpoint.response_type, lambda: endpoint.serve(msg)
+            )
+        else:
+            reply, elapsed_ns = await endpoint.serve(msg)
+            if not reply.answered:
+                await self._respond(msg, reply)
         self._handled += 1
         self.metrics.observe_request(endpoint.name, reply.code, elapsed_ns / 1e9)
-        await self._respond(msg, reply)
 
     async def _respond(self, msg: Msg, reply: Reply) -> None:
         if not msg.reply:
@@ -338,6 +369,8 @@ class Service(Component):
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._heartbeat_task
             await self.teardown()
+            if self._direct is not None:
+                await self._direct.drain()
             if self._http is not None:
                 await self._http.stop()
             with contextlib.suppress(Exception):
@@ -361,6 +394,7 @@ class Service(Component):
             del self.endpoints[self._own_endpoints :]
         self._nc = self._js = None
         self._micro = None
+        self._direct = None
         self._http = None
         self._heartbeat_task = None
         self._draining = False

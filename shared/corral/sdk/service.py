@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from corral.errors import CallTimeoutError
 from corral.protocol import ErrorCode, ModuleRegistration, codec_for
 from corral.runtime import Reply, RequestContext, Service, ServiceSettings, error_reply
+from corral.runtime.direct import DIRECT_REPLY_METADATA
 from corral.runtime.endpoints import RawHandler, typed_handler
 from corral.sdk.control import add_control_endpoints, call_hook
 from corral.sdk.limits import Limiter
@@ -74,7 +75,11 @@ class ModuleService(Service):
                 self.subjects.module(self.module.name, handler.type),
                 self._gated(handler),
                 response_type=handler.type,
-                metadata={"idempotent": "true" if handler.idempotent else "false"},
+                metadata={
+                    "idempotent": "true" if handler.idempotent else "false",
+                    DIRECT_REPLY_METADATA: "true",  # tells the orchestrator (corral.runtime.direct)
+                },
+                direct_reply=True,
             )
         add_control_endpoints(self)
 

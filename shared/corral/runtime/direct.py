@@ -1,0 +1,161 @@
+"""Direct reply: an SDK module answers the orchestrator's caller itself, and reports how it went.
+
+The orchestrator forwards `<prefix>.send.<module>` to `<prefix>.mod.<module>.<type>` with its
+own inbox as the reply subject and three headers: `Corral-Reply-To` (the caller's inbox),
+`Corral-Outcomes` (where to report) and `Corral-Timeout` (seconds left of the call). A module
+endpoint that supports it (`direct_reply=True`, which SDK modules advertise in their Services
+API metadata) then:
+
+* sends its reply to the caller, not to the orchestrator, which so handles two messages per
+  call instead of four;
+* reports the outcome (`ok` or the error code) keyed by the forward's reply subject, batched:
+  one `OutcomeBatch` per orchestrator per event-loop turn, published *before* that turn's
+  replies, in the same write. So the orchestrator reads the report before any request the
+  caller sends after seeing the reply (the server keeps a connection's messages in order):
+  a caller's next call finds the breaker and bulkhead already settled by the previous one;
+* answers TIMEOUT itself when the call's time is up (the handler keeps running, as it does
+  when the orchestrator times a call out, and its late result is dropped), so the call has
+  one answer, decided in one place;
+* sends nothing at all later than DIRECT_REPLY_GRACE / 2 after the deadline (a loop stalled
+  that long): by then the orchestrator may answer TIMEOUT on its own, after
+  DIRECT_REPLY_GRACE without a report, and the caller must not get two answers.
+
+No-responders still reach the orchestrator, because the forward's reply subject is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from corral.protocol import (
+    DIRECT_REPLY_GRACE,
+    OUTCOMES_HEADER,
+    TIMEOUT_HEADER,
+    ErrorCode,
+    Outcome,
+    OutcomeBatch,
+    codec_for,
+)
+from corral.runtime.endpoints import Reply, error_reply
+
+__all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies"]
+
+log = logging.getLogger("corral.runtime")
+
+# The endpoint metadata key (value "true") by which the orchestrator learns, from discovery,
+# that every instance of a module answers forwarded calls directly.
+DIRECT_REPLY_METADATA = "direct_reply"
+MAX_BATCH = 1000  # outcomes per report message (about 40 bytes each), far under max_payload
+
+
+class DirectReplies:
+    """Serves requests that carry `Corral-Reply-To`: one answer, to the caller, then a report."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._replies: list[tuple[str, Reply]] = []  # (caller's inbox, reply) of this loop turn
+        self._outcomes: dict[str, list[Outcome]] = {}  # per orchestrator, this loop turn
+        self._flushing: asyncio.Task[None] | None = None
+        self._encode = msgspec.json.Encoder().encode
+        self.dropped = 0  # answers not sent because they came too late
+        self.reported = 0  # outcomes handed to the connection
+
+    async def serve(
+        self,
+        msg: Msg,
+        reply_to: str,
+        response_type: str,
+        run: Callable[[], Awaitable[tuple[Reply, int]]],
+    ) -> tuple[Reply, int]:
+        """Run the request (`run()` returns the Reply and its nanoseconds), answering `reply_to`
+        exactly once or not at all."""
+        headers = msg.headers or {}
+        call, outcomes = msg.reply, headers.get(OUTCOMES_HEADER, "")
+        timeout = _seconds(headers.get(TIMEOUT_HEADER))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answered = False
+        timer: asyncio.TimerHandle | None = None
+
+        def too_late() -> bool:
+            return timeout is not None and loop.time() > started + timeout + DIRECT_REPLY_GRACE / 2
+
+        def on_deadline() -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if too_late():
+                self.dropped += 1
+                return
+            reply = error_reply(
+                codec_for(msg.headers),
+                response_type,
+                ErrorCode.TIMEOUT,
+                f"{msg.subject} did not finish within the call's timeout of {timeout:g}s",
+            )
+            self._answer(reply_to, reply, outcomes, call)
+
+        if timeout is not None:
+            timer = loop.call_later(timeout, on_deadline)
+        try:
+            result = await run()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if answered:
+            return result  # TIMEOUT went out already; this late result is dropped
+        answered = True
+        if too_late():
+            self.dropped += 1
+        else:
+            self._answer(reply_to, result[0], outcomes, call)
+        return result
+
+    def _answer(self, reply_to: str, reply: Reply, outcomes: str, call: str) -> None:
+        self._replies.append((reply_to, reply))
+        self._outcomes.setdefault(outcomes, []).append(Outcome(call, reply.code))
+        if self._flushing is None:
+            # Runs once every request of this loop turn has answered: one report per orchestrator.
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        publish = self.nc.publish
+        try:
+            while self._replies:
+                replies, self._replies = self._replies, []
+                outcomes, self._outcomes = self._outcomes, {}
+                for subject, batch in outcomes.items():  # reports first: see the module docstring
+                    for start in range(0, len(batch), MAX_BATCH):
+                        await publish(subject, self._encode(OutcomeBatch(batch[start : start + MAX_BATCH])))
+                    self.reported += len(batch)
+                for reply_to, reply in replies:
+                    await publish(reply_to, reply.data, headers=reply.headers)
+        except Exception as exc:  # closing: the orchestrator answers these calls after its grace
+            log.warning("could not send direct replies: %r", exc)
+        finally:
+            self._flushing = None
+
+    async def drain(self) -> None:
+        """Send the answers of this loop turn (before the connection closes)."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._replies:
+            await self._flush()
+
+
+def _seconds(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        value = float(header)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
