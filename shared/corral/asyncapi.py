@@ -8,6 +8,7 @@ decode with.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import dataclass
@@ -114,6 +115,10 @@ def document() -> dict[str, Any]:
     used = {t for c in chans for t in (c.request, c.reply) if t is not None} | {ErrorPayload}
     types = sorted(used, key=lambda t: t.__name__)
     _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    for schema in components.values():
+        # msgspec < 0.20 keeps a docstring's indentation, later releases clean it: same text either way.
+        if isinstance(schema.get("description"), str):
+            schema["description"] = inspect.cleandoc(schema["description"])
     doc: dict[str, Any] = {
         "asyncapi": "3.0.0",
         "info": {
