@@ -16,12 +16,11 @@ import msgspec
 __all__ = [
     "CONTENT_TYPE_HEADER",
     "DIRECT_REPLY_GRACE",
+    "DIRECT_REPLY_HEADER",
     "JSON",
     "MSGPACK",
     "MSGPACK_CONTENT_TYPE",
-    "OUTCOMES_HEADER",
     "PRIORITY_NAMES",
-    "REPLY_TO_HEADER",
     "TRACEPARENT_HEADER",
     "CheckResult",
     "Codec",
@@ -48,9 +47,9 @@ TRACEPARENT_HEADER: Final = "traceparent"
 # Per-request deadline in seconds, as an alternative to the Envelope's `timeout` field.
 TIMEOUT_HEADER: Final = "Corral-Timeout"
 # Direct reply (see corral.runtime.direct): on a request the orchestrator forwards to an SDK
-# module, where the module sends its reply (the caller's inbox) and its outcome report.
-REPLY_TO_HEADER: Final = "Corral-Reply-To"
-OUTCOMES_HEADER: Final = "Corral-Outcomes"
+# module, "<caller's inbox> <subject for the outcome report> <seconds left>" (subjects have no
+# spaces). One header rather than three: each header costs both sides on every call.
+DIRECT_REPLY_HEADER: Final = "Corral-Direct-Reply"
 # How long after a directly answered call's deadline the orchestrator waits for its outcome
 # report before answering TIMEOUT itself; a module sends nothing later than half of it.
 DIRECT_REPLY_GRACE: Final = 1.0

@@ -29,14 +29,23 @@ class Bulkhead:
     @asynccontextmanager
     async def slot(self, priority: int, timeout: float) -> AsyncIterator[None]:
         """Hold one of the module's call slots; waiting counts against `timeout`."""
-        if self.in_flight < self.config.max_concurrent and not self.queued:
-            self.in_flight += 1  # fast path: free slot, nobody ahead
-        else:
+        if not self.try_acquire():
             await self._wait(priority, timeout)
         try:
             yield
         finally:
-            self._hand_over()
+            self.release()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits ahead; then `release()` it exactly once."""
+        if self.in_flight < self.config.max_concurrent and not self.queued:
+            self.in_flight += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give back a slot taken with `try_acquire()` (or held by `slot()`)."""
+        self._hand_over()
 
     async def _wait(self, priority: int, timeout: float) -> None:
         if self.queued >= self.config.max_queue:

@@ -1,10 +1,11 @@
-"""The orchestrator's own request-reply: one wildcard inbox, a dict of waiting futures.
+"""The orchestrator's own request-reply: one wildcard inbox, a dict of waiting calls.
 
 nats-py's `Client.request` pays per call for a random token (an `os.urandom` system call), a
 NUID, a done-callback, and `asyncio.wait_for` (a second future and a wrapper). On the call
 path that is a large share of the orchestrator's CPU, so the router sends its forwarded
 requests through this mux instead: tokens are a counter under a per-mux NUID inbox, and a
-timeout is one `call_at` timer that fails the future.
+timeout is one `call_later` timer. `request()` awaits the answer; `forward()` hands it to a
+callback instead, so the router's fast path needs no task per call.
 
 A forward to a module that answers directly (corral.runtime.direct) is answered here by the
 module's outcome report, which arrives batched on the mux's own `outcomes_subject`; a
@@ -12,7 +13,7 @@ module that ignores the direct-reply headers answers on the token as usual.
 
 Guarantees, the same as nats-py's request:
 
-* one answer per request: the first reply resolves the future and removes it, so a reply
+* one answer per request: the first reply settles the call and removes it, so a reply
   that comes after the timeout (or a second reply) finds nothing and is dropped;
 * no responders: the server's `503` status message becomes `NoRespondersError`;
 * reconnects: nats-py re-subscribes the inbox after a reconnect; a reply lost in between
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import msgspec
@@ -60,10 +62,26 @@ class OutcomeLostError(nats.errors.TimeoutError):
     meanwhile: the report may have been lost, and the module may well have answered."""
 
 
+Answer = Msg | Reported  # a reply on the token, or the outcome a direct-reply module reported
+Settle = Callable[[Answer | Exception], None]
+
+
+class _Waiting:
+    """One forwarded request, until its answer, its timeout, or its cancellation."""
+
+    __slots__ = ("direct", "reconnects", "settle", "timer")
+
+    def __init__(self, settle: Settle, direct: bool, reconnects: int) -> None:
+        self.settle = settle
+        self.direct = direct
+        self.reconnects = reconnects
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class RequestMux(Component):
     def __init__(self, nc: Client) -> None:
         self.nc = nc
-        self._waiting: dict[str, asyncio.Future[Msg | Reported]] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._tokens = itertools.count(1)
         self._inbox = ""  # "_INBOX.<nuid>."; each request adds its token
         self._sub: Subscription | None = None
@@ -77,7 +95,7 @@ class RequestMux(Component):
 
     @property
     def outcomes_subject(self) -> str:
-        """Where modules that answer directly report outcomes (the `Corral-Outcomes` header)."""
+        """Where modules that answer directly report outcomes (see corral.runtime.direct)."""
         return self._inbox + _OUTCOMES_TOKEN
 
     async def start(self) -> None:
@@ -94,10 +112,42 @@ class RequestMux(Component):
         if sub is not None:
             with contextlib.suppress(nats.errors.Error):  # closing: the subscription goes with it
                 await sub.unsubscribe()
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(nats.errors.ConnectionClosedError())
-        self._waiting.clear()
+        waiting, self._waiting = self._waiting, {}
+        for entry in waiting.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+            _settle(entry, nats.errors.ConnectionClosedError())
+
+    async def forward(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float,
+        headers: dict[str, str] | None,
+        settle: Settle,
+        *,
+        direct: bool = False,
+    ) -> str:
+        """Publish `payload` on `subject` and return the call's token.
+
+        `settle` gets, exactly once, the first answer (a Msg, or Reported for a direct-reply
+        call) or an exception: nats.errors.TimeoutError after `timeout` seconds
+        (OutcomeLostError when `direct` and the connection was re-established meanwhile),
+        NoRespondersError, or ConnectionClosedError on stop(). If publishing raises, `settle`
+        is never called and the exception propagates."""
+        if self._sub is None:
+            raise RuntimeError("RequestMux is not started: call `await mux.start()` first")
+        token = str(next(self._tokens))
+        entry = _Waiting(settle, direct, self.nc.stats["reconnects"])
+        self._waiting[token] = entry
+        try:
+            await self.nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        if token in self._waiting:  # (not yet answered while publish yielded)
+            entry.timer = asyncio.get_running_loop().call_later(timeout, self._expire, token)
+        return token
 
     async def request(
         self,
@@ -107,52 +157,49 @@ class RequestMux(Component):
         headers: dict[str, str] | None = None,
         *,
         direct: bool = False,
-    ) -> Msg | Reported:
-        """Publish `payload` on `subject` and wait up to `timeout` seconds for the first reply,
-        or (`direct`, with the direct-reply headers set) for the outcome report.
+    ) -> Answer:
+        """`forward()`, awaiting the answer: returns it, or raises what `settle` would get."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
-        Raises nats.errors.TimeoutError (OutcomeLostError when `direct` and the connection was
-        re-established meanwhile), NoRespondersError, or what `publish` raises."""
-        if self._sub is None:
-            raise RuntimeError("RequestMux is not started: call `await mux.start()` first")
-        token = str(next(self._tokens))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg | Reported] = loop.create_future()
-        self._waiting[token] = future
-        timer = loop.call_later(timeout, self._expire, token)
-        reconnects = self.nc.stats["reconnects"]
+        def settle(answer: Answer | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+        token = await self.forward(subject, payload, timeout, headers, settle, direct=direct)
         try:
-            await self.nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
-            answer = await future
-        except nats.errors.TimeoutError:
-            if direct and self.nc.stats["reconnects"] != reconnects:
-                raise OutcomeLostError from None
-            raise
+            return await future
         finally:
-            timer.cancel()
-            self._waiting.pop(token, None)  # already gone when answered; here on timeout/cancel
-        if (
-            isinstance(answer, Msg)
-            and answer.headers
-            and not answer.data
-            and answer.headers.get(_STATUS_HEADER) == _NO_RESPONDERS
-        ):
-            raise nats.errors.NoRespondersError
-        return answer
+            self._pop(token)  # cancelled: leave the table, so a late answer is dropped
+
+    def _pop(self, token: str) -> _Waiting | None:
+        entry = self._waiting.pop(token, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+        return entry
 
     def _expire(self, token: str) -> None:
-        future = self._waiting.pop(token, None)
-        if future is not None and not future.done():
-            future.set_exception(nats.errors.TimeoutError())
+        entry = self._waiting.pop(token, None)
+        if entry is None:
+            return
+        lost = entry.direct and self.nc.stats["reconnects"] != entry.reconnects
+        _settle(entry, OutcomeLostError() if lost else nats.errors.TimeoutError())
 
     async def _on_message(self, msg: Msg) -> None:
         token = msg.subject[len(self._inbox) :]
         if token == _OUTCOMES_TOKEN:
             self._on_outcomes(msg.data)
             return
-        future = self._waiting.pop(token, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        entry = self._pop(token)
+        if entry is None:
+            return  # late (after its timeout) or a second reply: the call has its answer
+        if msg.headers and not msg.data and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
+            _settle(entry, nats.errors.NoRespondersError())
+        else:
+            _settle(entry, msg)
 
     def _on_outcomes(self, data: bytes) -> None:
         try:
@@ -160,15 +207,18 @@ class RequestMux(Component):
         except msgspec.DecodeError as exc:
             log.warning("ignoring a malformed outcome report on %s: %s", self.outcomes_subject, exc)
             return
-        start = len(self._inbox)
+        inbox, start = self._inbox, len(self._inbox)
         for outcome in batch.outcomes:
-            future = (
-                self._waiting.pop(outcome.call[start:], None)
-                if outcome.call.startswith(self._inbox)
-                else None
-            )
-            if future is not None and not future.done():
-                future.set_result(Reported(outcome.code))
-                self.reported += 1
-            else:
+            entry = self._pop(outcome.call[start:]) if outcome.call.startswith(inbox) else None
+            if entry is None:
                 self.stale_reports += 1
+                continue
+            self.reported += 1
+            _settle(entry, Reported(outcome.code))
+
+
+def _settle(entry: _Waiting, answer: Answer | Exception) -> None:
+    try:
+        entry.settle(answer)
+    except Exception:  # one call's bookkeeping must not stop the mux (or the rest of a batch)
+        log.exception("settling a forwarded call failed")

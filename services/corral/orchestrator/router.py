@@ -7,7 +7,7 @@ the module's, the Envelope's and the header's timeout, retry idempotent types on
 and return the module's reply bytes as they came.
 
 A module whose instances all answer directly (SDK modules; corral.runtime.direct) gets the
-call with the caller's inbox in `Corral-Reply-To`: it answers the caller itself and reports
+call with the caller's inbox in `Corral-Direct-Reply`: it answers the caller itself and reports
 the outcome, which settles the breaker permit, the bulkhead slot and the statistics here as
 a reply would. Calls with retries, and modules that do not advertise it (the WASM adapter,
 `external` modules), go through the orchestrator both ways.
@@ -36,8 +36,7 @@ from corral.orchestrator.stats import ModuleStats
 from corral.policy import CallPolicy
 from corral.protocol import (
     DIRECT_REPLY_GRACE,
-    OUTCOMES_HEADER,
-    REPLY_TO_HEADER,
+    DIRECT_REPLY_HEADER,
     TIMEOUT_HEADER,
     TRACEPARENT_HEADER,
     Codec,
@@ -229,9 +228,7 @@ class CallRouter:
         wait = remaining
         if direct:
             headers = headers or {}
-            headers[REPLY_TO_HEADER] = msg.reply
-            headers[OUTCOMES_HEADER] = self.mux.outcomes_subject
-            headers[TIMEOUT_HEADER] = f"{remaining:.6g}"
+            headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {self.mux.outcomes_subject} {remaining:.6g}"
             wait = remaining + DIRECT_REPLY_GRACE  # the module answers TIMEOUT itself at `remaining`
         try:
             answer = await self.mux.request(

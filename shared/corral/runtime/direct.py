@@ -1,8 +1,8 @@
 """Direct reply: an SDK module answers the orchestrator's caller itself, and reports how it went.
 
 The orchestrator forwards `<prefix>.send.<module>` to `<prefix>.mod.<module>.<type>` with its
-own inbox as the reply subject and three headers: `Corral-Reply-To` (the caller's inbox),
-`Corral-Outcomes` (where to report) and `Corral-Timeout` (seconds left of the call). A module
+own inbox as the reply subject and the header `Corral-Direct-Reply: <caller's inbox>
+<subject to report to> <seconds left of the call>`. A module
 endpoint that supports it (`direct_reply=True`, which SDK modules advertise in their Services
 API metadata) then:
 
@@ -36,8 +36,6 @@ from nats.aio.msg import Msg
 
 from corral.protocol import (
     DIRECT_REPLY_GRACE,
-    OUTCOMES_HEADER,
-    TIMEOUT_HEADER,
     ErrorCode,
     Outcome,
     OutcomeBatch,
@@ -56,7 +54,7 @@ MAX_BATCH = 1000  # outcomes per report message (about 40 bytes each), far under
 
 
 class DirectReplies:
-    """Serves requests that carry `Corral-Reply-To`: one answer, to the caller, then a report."""
+    """Serves requests that carry `Corral-Direct-Reply`: one answer, to the caller, and a report."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
@@ -70,15 +68,21 @@ class DirectReplies:
     async def serve(
         self,
         msg: Msg,
-        reply_to: str,
+        header: str,
         response_type: str,
         run: Callable[[], Awaitable[tuple[Reply, int]]],
     ) -> tuple[Reply, int]:
-        """Run the request (`run()` returns the Reply and its nanoseconds), answering `reply_to`
-        exactly once or not at all."""
-        headers = msg.headers or {}
-        call, outcomes = msg.reply, headers.get(OUTCOMES_HEADER, "")
-        timeout = _seconds(headers.get(TIMEOUT_HEADER))
+        """Run the request (`run()` returns the Reply and its nanoseconds), answering the caller
+        named in `header` (the Corral-Direct-Reply value) exactly once or not at all."""
+        parts = header.split(" ")
+        if len(parts) != 3 or not msg.reply:  # not from an orchestrator: answer as usual
+            result = await run()
+            if msg.reply:
+                self._answer(msg.reply, result[0], "", "")
+            return result
+        reply_to, outcomes, seconds = parts
+        call = msg.reply
+        timeout = _seconds(seconds)
         loop = asyncio.get_running_loop()
         started = loop.time()
         answered = False
@@ -121,7 +125,8 @@ class DirectReplies:
 
     def _answer(self, reply_to: str, reply: Reply, outcomes: str, call: str) -> None:
         self._replies.append((reply_to, reply))
-        self._outcomes.setdefault(outcomes, []).append(Outcome(call, reply.code))
+        if outcomes:
+            self._outcomes.setdefault(outcomes, []).append(Outcome(call, reply.code))
         if self._flushing is None:
             # Runs once every request of this loop turn has answered: one report per orchestrator.
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
@@ -151,11 +156,9 @@ class DirectReplies:
             await self._flush()
 
 
-def _seconds(header: str | None) -> float | None:
-    if header is None:
-        return None
+def _seconds(text: str) -> float | None:
     try:
-        value = float(header)
+        value = float(text)
     except ValueError:
         return None
     return value if math.isfinite(value) and value > 0 else None

@@ -28,8 +28,7 @@ from nats.micro.service import ServiceConfig
 from corral.bus import connect
 from corral.component import Component
 from corral.protocol import (
-    OUTCOMES_HEADER,
-    REPLY_TO_HEADER,
+    DIRECT_REPLY_HEADER,
     TRACEPARENT_HEADER,
     ErrorCode,
     Heartbeat,
@@ -133,7 +132,7 @@ class Service(Component):
     ) -> Endpoint:
         """Add a raw endpoint: `handler(msg)` returns the encoded Reply.
 
-        `direct_reply=True`: a request the orchestrator forwards with `Corral-Reply-To` is
+        `direct_reply=True`: a request the orchestrator forwards with `Corral-Direct-Reply` is
         answered there, with an outcome report to the orchestrator (corral.runtime.direct)."""
         endpoint = Endpoint(
             name, subject, handler, response_type or name, queue_group, metadata, direct_reply
@@ -277,11 +276,10 @@ class Service(Component):
             and headers
             and msg.reply
             and self._direct is not None
-            and (reply_to := headers.get(REPLY_TO_HEADER))
-            and headers.get(OUTCOMES_HEADER)
+            and (direct := headers.get(DIRECT_REPLY_HEADER))
         ):
             reply, elapsed_ns = await self._direct.serve(
-                msg, reply_to, endpoint.response_type, lambda: endpoint.serve(msg)
+                msg, direct, endpoint.response_type, lambda: endpoint.serve(msg)
             )
         else:
             reply, elapsed_ns = await endpoint.serve(msg)
