@@ -23,13 +23,14 @@ from corral.errors import NotFoundError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.fastpath import FastPath
 from corral.orchestrator.mux import RequestMux
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.router import CallRouter
 from corral.orchestrator.subscriptions import Subscriptions
 from corral.policy import CallPolicy
 from corral.protocol import ModuleRegistration
-from corral.runtime import RequestContext, Service, ServiceSettings
+from corral.runtime import Endpoint, Reply, RequestContext, Service, ServiceSettings
 
 __all__ = ["OrchestratorService"]
 
@@ -79,6 +80,7 @@ class OrchestratorService(Service):
         self.gate: ReadinessGate | None = None
         self.mux: RequestMux | None = None
         self.catalog: ModuleCatalog | None = None
+        self.fast: FastPath | None = None
 
     async def setup(self) -> None:
         self.board = BreakerBoard(
@@ -105,7 +107,16 @@ class OrchestratorService(Service):
         )
         self.subscriptions.router = self.router
         self.subscriptions.start()
-        self.add_endpoint("send", self.subjects.send_all, self.router.handle, response_type="send")
+        send: Endpoint | None = None
+
+        def settled(reply: Reply, seconds: float) -> None:
+            assert send is not None
+            self.account(send, reply, seconds)
+
+        self.fast = FastPath(self.router, settled)
+        send = self.add_endpoint(
+            "send", self.subjects.send_all, self.router.handle, response_type="send", accept=self.fast.accept
+        )
         self.endpoint("status")(self._status)
         self.endpoint("stats")(self._stats)
         self.endpoint("modules")(self._modules)
@@ -117,7 +128,13 @@ class OrchestratorService(Service):
         self.endpoint("register", ModuleRegistration)(self._register_module)
         self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
 
+    @property
+    def in_flight(self) -> int:
+        return super().in_flight + (self.fast.pending if self.fast is not None else 0)
+
     async def teardown(self) -> None:
+        if self.fast is not None:  # calls on the fast path are not tasks: drain them here
+            await self.fast.drain(self.settings.drain_timeout)
         if self.gate is not None:
             await self.gate.stop()
         await self.subscriptions.stop()

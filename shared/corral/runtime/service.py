@@ -129,13 +129,15 @@ class Service(Component):
         queue_group: str | None = None,
         metadata: dict[str, str] | None = None,
         direct_reply: bool = False,
+        accept: Callable[[Msg], Awaitable[bool]] | None = None,
     ) -> Endpoint:
         """Add a raw endpoint: `handler(msg)` returns the encoded Reply.
 
         `direct_reply=True`: a request the orchestrator forwards with `Corral-Direct-Reply` is
-        answered there, with an outcome report to the orchestrator (corral.runtime.direct)."""
+        answered there, with an outcome report to the orchestrator (corral.runtime.direct).
+        `accept`: see Endpoint.accept."""
         endpoint = Endpoint(
-            name, subject, handler, response_type or name, queue_group, metadata, direct_reply
+            name, subject, handler, response_type or name, queue_group, metadata, direct_reply, accept
         )
         self.endpoints.append(endpoint)
         return endpoint
@@ -185,7 +187,7 @@ class Service(Component):
             self.metrics.add_gauge_callback(
                 "uptime_seconds", "Seconds since this instance started", self._uptime
             )
-            self.metrics.in_flight.set_function(lambda: len(self._tasks))
+            self.metrics.in_flight.set_function(lambda: self.in_flight)
         await self._register()
         # The endpoint subscriptions are only sent; a round trip makes sure the server has them
         # before start() returns, so a caller told "started" does not get "no responders".
@@ -252,9 +254,17 @@ class Service(Component):
             if self._draining:
                 await self._respond(msg, self._unavailable(endpoint, msg))
                 return
+            if endpoint.accept is not None and await endpoint.accept(msg):
+                return
             self._track(asyncio.create_task(self._serve(endpoint, msg)))
 
         return dispatch
+
+    def account(self, endpoint: Endpoint, reply: Reply, seconds: float) -> None:
+        """Count a request that `endpoint.accept` took, once it is settled."""
+        endpoint.record(reply, int(seconds * 1e9))
+        self._handled += 1
+        self.metrics.observe_request(endpoint.name, reply.code, seconds)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -330,7 +340,7 @@ class Service(Component):
                     rss_bytes=rss,
                     threads=threads,
                     open_fds=fds,
-                    in_flight=len(self._tasks),
+                    in_flight=self.in_flight,
                     handled=self._handled,
                     ready=self.readiness()[0],
                     metrics_url=self.metrics_url,

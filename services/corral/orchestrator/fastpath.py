@@ -1,0 +1,184 @@
+"""The call path's fast lane: a call to a direct-reply module, without a task.
+
+Most calls are plain: a module whose instances answer directly (corral.runtime.direct), a free
+bulkhead slot, a closed breaker, no retries, nobody subscribed to the type. Such a call is
+admitted and forwarded inside the subscription callback, and settled by a callback when the
+module's outcome report (or a timeout, or a stray reply) arrives: no task, no coroutine
+frames kept alive across the call, none of the per-call objects that `asyncio` needs for an
+awaited request. Per call that is about a third of the orchestrator's CPU.
+
+It is the same call as the router's: the same admission (`CallRouter.admit`), the same
+breaker permit and bulkhead slot, the same timeout, the same judging, statistics and error
+replies. Anything else, and anything unexpected before the forward is published, declines
+(`accept()` returns False) and the router's task path takes the request from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from corral.orchestrator.breaker import Permit
+from corral.orchestrator.mux import Answer, OutcomeLostError, Reported
+from corral.protocol import DIRECT_REPLY_GRACE, DIRECT_REPLY_HEADER, ErrorCode
+from corral.runtime import Reply
+
+if TYPE_CHECKING:
+    from corral.orchestrator.router import Admission, CallRouter, ModuleRoute
+
+__all__ = ["FastPath"]
+
+log = logging.getLogger("corral.orchestrator.fastpath")
+
+Settled = Callable[[Reply, float], None]  # (how the call ended, seconds): endpoint accounting
+
+
+class _Call:
+    """One call in flight on the fast path."""
+
+    __slots__ = ("codec", "fast", "module", "permit", "reply_to", "route", "started", "timeout", "type")
+
+    def __init__(
+        self,
+        fast: FastPath,
+        admission: Admission,
+        route: ModuleRoute,
+        permit: Permit,
+        reply_to: str,
+    ) -> None:
+        self.fast = fast
+        self.module = admission.module
+        self.type = admission.envelope.type
+        self.codec = admission.codec
+        self.timeout = admission.timeout
+        self.route = route
+        self.permit = permit
+        self.reply_to = reply_to
+        self.started = time.perf_counter()
+
+    def settle(self, answer: Answer | Exception) -> None:
+        """The mux's callback: exactly once per forwarded call."""
+        router = self.fast.router
+        if isinstance(answer, Reported):
+            self.finish(Reply(b"", None, answer.code == "ok", answer.code, answered=True))
+        elif isinstance(answer, Msg):  # an instance that ignored Corral-Direct-Reply answered us
+            self.finish(router.reply_from(answer))
+        elif isinstance(answer, nats.errors.NoRespondersError):
+            self.fast.spawn(self._no_responders())
+        elif isinstance(answer, OutcomeLostError):
+            self.finish(router.outcome_unknown())
+        elif isinstance(answer, nats.errors.TimeoutError):
+            self.finish(router.timeout_reply(self.codec, self.module, self.type, self.timeout, True))
+        else:  # the mux stopped (ConnectionClosedError): the service is going away
+            self.finish(
+                router.error(self.codec, self.type, ErrorCode.UNAVAILABLE, "the orchestrator is stopping")
+            )
+
+    async def _no_responders(self) -> None:
+        router = self.fast.router
+        try:
+            reply = await router.no_responders(self.module, self.type, self.codec)
+        except Exception as exc:  # a failed discovery: still one answer, still one outcome
+            reply = router.error(self.codec, self.type, ErrorCode.UNAVAILABLE, f"no responders ({exc!r})")
+        self.finish(reply)
+
+    def finish(self, reply: Reply) -> None:
+        fast, router = self.fast, self.fast.router
+        elapsed = time.perf_counter() - self.started
+        try:
+            router.judge(self.permit, reply, elapsed)
+        finally:
+            self.permit.release()  # no-op once judged
+            self.route.bulkhead.release()
+            fast.pending -= 1
+            if not fast.pending:
+                fast.idle.set()
+        router.record(self.module, self.route, reply, elapsed)
+        fast.settled(reply, elapsed)
+        if not reply.answered:
+            fast.spawn(fast.respond(self.reply_to, reply))
+
+
+class FastPath:
+    def __init__(self, router: CallRouter, settled: Settled) -> None:
+        self.router = router
+        self.settled = settled
+        self.pending = 0  # calls forwarded and not yet settled
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.taken = 0
+
+    async def accept(self, msg: Msg) -> bool:
+        """Take the request if it qualifies (see the module docstring); False: use the task path."""
+        router = self.router
+        if not msg.reply or router.watched_types:
+            return False
+        try:
+            admission = router.admit(msg)
+        except Exception:
+            return False
+        if isinstance(admission, Reply) or admission.envelope.retries:
+            return False  # an error to explain, or retries: the task path does both
+        route = router.routes.get(admission.module)
+        if route is None or not router.catalog.answers_directly(admission.module):
+            return False
+        try:
+            permit = route.breaker.acquire()
+        except Exception:
+            return False  # CIRCUIT_OPEN: the task path answers it
+        if not route.bulkhead.try_acquire():
+            permit.release()
+            return False  # the queue, by priority, is the task path's
+        call = _Call(self, admission, route, permit, msg.reply)
+        envelope = admission.envelope
+        headers = router.forwarded_headers(msg) or {}
+        outcomes = router.mux.outcomes_subject
+        headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {outcomes} {admission.timeout:.6g}"
+        try:
+            await router.mux.forward(
+                router.subjects.module(admission.module, envelope.type),
+                envelope.payload_bytes,
+                admission.timeout + DIRECT_REPLY_GRACE,
+                headers,
+                call.settle,
+                direct=True,
+            )
+        except BaseException as exc:  # not published: undo, and let the task path try
+            permit.release()
+            route.bulkhead.release()
+            if isinstance(exc, Exception):
+                return False
+            raise
+        router.routed += 1
+        self.taken += 1
+        self.pending += 1
+        self.idle.clear()
+        return True
+
+    async def respond(self, reply_to: str, reply: Reply) -> None:
+        try:
+            await self.router.nc.publish(reply_to, reply.data, headers=reply.headers)
+        except Exception as exc:  # the connection may be closing; the caller will time out
+            log.warning("could not send reply to %s: %r", reply_to, exc)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for calls in flight to settle and their replies to go out (at most `timeout`)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.idle.wait()
+                while self._tasks:
+                    await asyncio.wait(list(self._tasks))
+        except TimeoutError:
+            log.warning("%d fast-path calls still in flight after %gs", self.pending, timeout)
