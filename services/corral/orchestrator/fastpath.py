@@ -126,9 +126,9 @@ class FastPath:
             return False
         if isinstance(admission, Reply) or admission.envelope.retries:
             return False  # an error to explain, or retries: the task path does both
-        route = router.routes.get(admission.module)
-        if route is None or not router.catalog.answers_directly(admission.module):
+        if not router.catalog.answers_directly(admission.module):
             return False
+        route = router.route(admission.module)  # a module the catalog saw running
         try:
             permit = route.breaker.acquire()
         except Exception:
