@@ -47,8 +47,8 @@ TRACEPARENT_HEADER: Final = "traceparent"
 # Per-request deadline in seconds, as an alternative to the Envelope's `timeout` field.
 TIMEOUT_HEADER: Final = "Corral-Timeout"
 # Direct reply (see corral.runtime.direct): on a request the orchestrator forwards to an SDK
-# module, "<caller's inbox> <subject for the outcome report> <seconds left>" (subjects have no
-# spaces). One header rather than three: each header costs both sides on every call.
+# module, "<caller's inbox> <seconds left>" (subjects have no spaces). Short on purpose: nats-py
+# spends time per header character on both sides, on every call.
 DIRECT_REPLY_HEADER: Final = "Corral-Direct-Reply"
 # How long after a directly answered call's deadline the orchestrator waits for its outcome
 # report before answering TIMEOUT itself; a module sends nothing later than half of it.

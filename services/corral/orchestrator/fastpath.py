@@ -139,8 +139,7 @@ class FastPath:
         call = _Call(self, admission, route, permit, msg.reply)
         envelope = admission.envelope
         headers = router.forwarded_headers(msg) or {}
-        outcomes = router.mux.outcomes_subject
-        headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {outcomes} {admission.timeout:.6g}"
+        headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {admission.timeout:.6g}"
         try:
             await router.mux.forward(
                 router.subjects.module(admission.module, envelope.type),

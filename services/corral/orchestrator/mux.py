@@ -41,6 +41,7 @@ from nats.aio.subscription import Subscription
 
 from corral.component import Component
 from corral.protocol import OutcomeBatch
+from corral.subjects import OUTCOMES_TOKEN
 
 __all__ = ["OutcomeLostError", "Reported", "RequestMux"]
 
@@ -48,7 +49,6 @@ log = logging.getLogger("corral.orchestrator.mux")
 
 _STATUS_HEADER: Final = "Status"
 _NO_RESPONDERS: Final = "503"
-_OUTCOMES_TOKEN: Final = "outcomes"  # request tokens are numbers, so it never names a request
 
 
 class Reported(NamedTuple):
@@ -96,7 +96,7 @@ class RequestMux(Component):
     @property
     def outcomes_subject(self) -> str:
         """Where modules that answer directly report outcomes (see corral.runtime.direct)."""
-        return self._inbox + _OUTCOMES_TOKEN
+        return self._inbox + OUTCOMES_TOKEN  # request tokens are numbers: never this one
 
     async def start(self) -> None:
         if self._sub is not None:
@@ -190,7 +190,7 @@ class RequestMux(Component):
 
     async def _on_message(self, msg: Msg) -> None:
         token = msg.subject[len(self._inbox) :]
-        if token == _OUTCOMES_TOKEN:
+        if token == OUTCOMES_TOKEN:
             self._on_outcomes(msg.data)
             return
         entry = self._pop(token)

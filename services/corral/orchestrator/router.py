@@ -259,7 +259,7 @@ class CallRouter:
         wait = remaining
         if direct:
             headers = headers or {}
-            headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {self.mux.outcomes_subject} {remaining:.6g}"
+            headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {remaining:.6g}"
             wait = remaining + DIRECT_REPLY_GRACE  # the module answers TIMEOUT itself at `remaining`
         try:
             answer = await self.mux.request(

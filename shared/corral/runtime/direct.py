@@ -2,13 +2,14 @@
 
 The orchestrator forwards `<prefix>.send.<module>` to `<prefix>.mod.<module>.<type>` with its
 own inbox as the reply subject and the header `Corral-Direct-Reply: <caller's inbox>
-<subject to report to> <seconds left of the call>`. A module
+<seconds left of the call>`. A module
 endpoint that supports it (`direct_reply=True`, which SDK modules advertise in their Services
 API metadata) then:
 
 * sends its reply to the caller, not to the orchestrator, which so handles two messages per
   call instead of four;
-* reports the outcome (`ok` or the error code) keyed by the forward's reply subject, batched:
+* reports the outcome (`ok` or the error code) keyed by the forward's reply subject, to the
+  subject `corral.subjects.outcomes_subject` derives from that reply subject, batched:
   one `OutcomeBatch` per orchestrator per event-loop turn, published *before* that turn's
   replies, in the same write. So the orchestrator reads the report before any request the
   caller sends after seeing the reply (the server keeps a connection's messages in order):
@@ -21,6 +22,13 @@ API metadata) then:
   DIRECT_REPLY_GRACE without a report, and the caller must not get two answers.
 
 No-responders still reach the orchestrator, because the forward's reply subject is its own.
+
+Reconnects: answers due while the module is disconnected are not sent (nats-py would buffer
+and send them after reconnecting, perhaps after the orchestrator's own TIMEOUT); the caller
+then gets that TIMEOUT. If the orchestrator reconnected while a call was in flight and no
+report came, it cannot know whether the caller was answered: it answers nothing and judges
+nothing (the outcome is "unknown"). What remains is a reply already handed to the socket
+just before a disconnect and delivered more than DIRECT_REPLY_GRACE / 2 late.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from corral.protocol import (
     codec_for,
 )
 from corral.runtime.endpoints import Reply, error_reply
+from corral.subjects import outcomes_subject
 
 __all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies"]
 
@@ -75,13 +84,14 @@ class DirectReplies:
         """Run the request (`run()` returns the Reply and its nanoseconds), answering the caller
         named in `header` (the Corral-Direct-Reply value) exactly once or not at all."""
         parts = header.split(" ")
-        if len(parts) != 3 or not msg.reply:  # not from an orchestrator: answer as usual
+        if len(parts) != 2 or not msg.reply:  # not from an orchestrator: answer as usual
             result = await run()
             if msg.reply:
                 self._answer(msg.reply, result[0], "", "")
             return result
-        reply_to, outcomes, seconds = parts
+        reply_to, seconds = parts
         call = msg.reply
+        outcomes = outcomes_subject(call)
         timeout = _seconds(seconds)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -137,6 +147,11 @@ class DirectReplies:
             while self._replies:
                 replies, self._replies = self._replies, []
                 outcomes, self._outcomes = self._outcomes, {}
+                if not self.nc.is_connected:
+                    # nats-py would buffer them and send them after reconnecting, maybe after
+                    # the orchestrator answered TIMEOUT itself: send nothing, let it answer.
+                    self.dropped += len(replies)
+                    continue
                 for subject, batch in outcomes.items():  # reports first: see the module docstring
                     for start in range(0, len(batch), MAX_BATCH):
                         await publish(subject, self._encode(OutcomeBatch(batch[start : start + MAX_BATCH])))
