@@ -4,8 +4,8 @@ nats-py's `Client.request` pays per call for a random token (an `os.urandom` sys
 NUID, a done-callback, and `asyncio.wait_for` (a second future and a wrapper). On the call
 path that is a large share of the orchestrator's CPU, so the router sends its forwarded
 requests through this mux instead: tokens are a counter under a per-mux NUID inbox, and a
-timeout is one `call_later` timer. `request()` awaits the answer; `forward()` hands it to a
-callback instead, so the router's fast path needs no task per call.
+timeout is a deadline in a shared `Deadlines` (not a loop timer per call). `request()`
+awaits the answer; `forward()` hands it to a callback, so the fast path needs no task.
 
 A forward to a module that answers directly (corral.runtime.direct) is answered here by the
 module's outcome report, which arrives batched on the mux's own `outcomes_subject`; a
@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Final, NamedTuple
 
 import msgspec
@@ -41,6 +42,7 @@ from nats.aio.subscription import Subscription
 
 from corral.component import Component
 from corral.protocol import OutcomeBatch
+from corral.runtime.deadlines import Deadlines, Handle
 from corral.subjects import OUTCOMES_TOKEN
 
 __all__ = ["OutcomeLostError", "Reported", "RequestMux"]
@@ -69,13 +71,13 @@ Settle = Callable[[Answer | Exception], None]
 class _Waiting:
     """One forwarded request, until its answer, its timeout, or its cancellation."""
 
-    __slots__ = ("direct", "reconnects", "settle", "timer")
+    __slots__ = ("deadline", "direct", "reconnects", "settle")
 
     def __init__(self, settle: Settle, direct: bool, reconnects: int) -> None:
         self.settle = settle
         self.direct = direct
         self.reconnects = reconnects
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: Handle | None = None
 
 
 class RequestMux(Component):
@@ -85,6 +87,7 @@ class RequestMux(Component):
         self._tokens = itertools.count(1)
         self._inbox = ""  # "_INBOX.<nuid>."; each request adds its token
         self._sub: Subscription | None = None
+        self._deadlines = Deadlines()
         self._decode_outcomes = msgspec.json.Decoder(OutcomeBatch).decode
         self.reported = 0  # outcome reports that settled a call
         self.stale_reports = 0  # reports for calls no longer waiting (timed out, unknown)
@@ -113,9 +116,8 @@ class RequestMux(Component):
             with contextlib.suppress(nats.errors.Error):  # closing: the subscription goes with it
                 await sub.unsubscribe()
         waiting, self._waiting = self._waiting, {}
+        self._deadlines.clear()
         for entry in waiting.values():
-            if entry.timer is not None:
-                entry.timer.cancel()
             _settle(entry, nats.errors.ConnectionClosedError())
 
     async def forward(
@@ -146,7 +148,7 @@ class RequestMux(Component):
             self._waiting.pop(token, None)
             raise
         if token in self._waiting:  # (not yet answered while publish yielded)
-            entry.timer = asyncio.get_running_loop().call_later(timeout, self._expire, token)
+            entry.deadline = self._deadlines.add(timeout, partial(self._expire, token))
         return token
 
     async def request(
@@ -177,8 +179,8 @@ class RequestMux(Component):
 
     def _pop(self, token: str) -> _Waiting | None:
         entry = self._waiting.pop(token, None)
-        if entry is not None and entry.timer is not None:
-            entry.timer.cancel()
+        if entry is not None and entry.deadline is not None:
+            self._deadlines.cancel(entry.deadline)
         return entry
 
     def _expire(self, token: str) -> None:

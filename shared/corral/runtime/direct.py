@@ -49,6 +49,7 @@ from corral.protocol import (
     OutcomeBatch,
     codec_for,
 )
+from corral.runtime.deadlines import Deadlines, Handle
 from corral.runtime.endpoints import Reply, error_reply
 from corral.subjects import outcomes_subject
 
@@ -71,6 +72,7 @@ class DirectReplies:
         self._outcomes: dict[str, list[Outcome]] = {}  # per orchestrator, this loop turn
         self._flushing: asyncio.Task[None] | None = None
         self._encode = msgspec.json.Encoder().encode
+        self._deadlines = Deadlines()
         self.dropped = 0  # answers not sent because they came too late
         self.reported = 0  # outcomes handed to the connection
 
@@ -96,7 +98,7 @@ class DirectReplies:
         loop = asyncio.get_running_loop()
         started = loop.time()
         answered = False
-        timer: asyncio.TimerHandle | None = None
+        timer: Handle | None = None
 
         def too_late() -> bool:
             return timeout is not None and loop.time() > started + timeout + DIRECT_REPLY_GRACE / 2
@@ -118,12 +120,12 @@ class DirectReplies:
             self._answer(reply_to, reply, outcomes, call)
 
         if timeout is not None:
-            timer = loop.call_later(timeout, on_deadline)
+            timer = self._deadlines.add(timeout, on_deadline)
         try:
             result = await run()
         finally:
             if timer is not None:
-                timer.cancel()
+                self._deadlines.cancel(timer)
         if answered:
             return result  # TIMEOUT went out already; this late result is dropped
         answered = True
