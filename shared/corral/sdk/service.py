@@ -201,8 +201,20 @@ class ModuleService(Service):
         timeout = handler.timeout
 
         async def run(payload: Any, ctx: RequestContext) -> Any:
-            async with limiter, throttle:
-                return await (func(payload, ctx) if wants_context else func(payload))
+            # `async with limiter, throttle`, without its six coroutines when there is room.
+            if not limiter.try_acquire():
+                await limiter.acquire()
+            try:
+                if not throttle.try_acquire():
+                    await throttle.acquire()
+                try:
+                    return await (func(payload, ctx) if wants_context else func(payload))
+                finally:
+                    if throttle.release_nowait():
+                        await throttle.wake()
+            finally:
+                if limiter.release_nowait():
+                    await limiter.wake()
 
         if timeout is None:
             return run
