@@ -282,3 +282,19 @@ async def test_no_responders_after_the_module_left_is_answered_once(
     assert len(answers) == 1
     assert answers[0]["payload"]["code"] == "UNAVAILABLE"
     assert answers[0]["payload"]["errors"] == ["module 'impostor' has no running instance"]
+
+
+async def test_turned_off_every_answer_goes_through_the_orchestrator(
+    settings: ServiceSettings, nc: Client
+) -> None:
+    knobs = Knobs()
+    orchestrator = OrchestratorService(settings, policies={"direct": POLICY}, direct_reply=False)
+    async with orchestrator, build_module(knobs).service(settings):
+        system = System(settings.prefix, nc, knobs, orchestrator)
+        await system.learn("direct", direct=False)
+        answers = await system.send("direct", "echo", {"n": 1}, listen=0.1)
+    assert [a["payload"] for a in answers] == [{"n": 1}]
+    assert orchestrator.mux is not None
+    assert orchestrator.mux.reported == 0
+    assert orchestrator.fast is not None
+    assert orchestrator.fast.taken == 0

@@ -30,6 +30,7 @@ class ModuleCatalog(Component):
         ttl: float = 5.0,
         wait: float = 0.3,
         capability_ttl: float = 30.0,
+        direct_reply: bool = True,
     ) -> None:
         self.nc = nc
         self.prefix = prefix
@@ -39,6 +40,7 @@ class ModuleCatalog(Component):
         self._seen: set[str] = set()
         self._direct: set[str] = set()  # modules whose every instance answers directly
         self.capability_ttl = capability_ttl  # seconds a direct-reply verdict is trusted
+        self.direct_reply = direct_reply  # False: no module is ever answered directly
         self._background: asyncio.Task[object] | None = None
         self._fetched_at = -float("inf")
         self._lock = asyncio.Lock()
@@ -59,6 +61,8 @@ class ModuleCatalog(Component):
 
     def answers_directly(self, module: str) -> bool:
         """Whether every running instance of `module` advertised direct reply, as last seen."""
+        if not self.direct_reply:
+            return False
         if time.monotonic() - self._fetched_at > self.capability_ttl and self._background is None:
             self._background = asyncio.get_running_loop().create_task(self._refresh_in_background())
         return module in self._direct

@@ -62,9 +62,12 @@ class OrchestratorService(Service):
         policies: dict[str, CallPolicy] | None = None,
         default_policy: CallPolicy | None = None,
         call_timeout: float | None = None,
+        direct_reply: bool | None = None,
     ) -> None:
         """`policies` per module and `default_policy` for the rest; `call_timeout` is a shortcut
-        for a default policy with that timeout."""
+        for a default policy with that timeout. `direct_reply=False` (or CORRAL_DIRECT_REPLY=0)
+        routes every answer through the orchestrator (corral.runtime.direct), for accounts whose
+        modules may not publish to callers' inboxes (`allow_responses`)."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
@@ -74,6 +77,9 @@ class OrchestratorService(Service):
         if default_policy is None:
             default_policy = CallPolicy() if call_timeout is None else CallPolicy(timeout=call_timeout)
         self.default_policy = default_policy
+        if direct_reply is None:
+            direct_reply = os.environ.get("CORRAL_DIRECT_REPLY", "1").strip().lower() not in _OFF
+        self.direct_reply = direct_reply
         self.router: CallRouter | None = None
         self.board: BreakerBoard | None = None
         self.subscriptions = Subscriptions()
@@ -94,7 +100,7 @@ class OrchestratorService(Service):
         await self.board.start()
         self.mux = RequestMux(self.nc)
         await self.mux.start()
-        self.catalog = ModuleCatalog(self.nc, self.subjects.prefix)
+        self.catalog = ModuleCatalog(self.nc, self.subjects.prefix, direct_reply=self.direct_reply)
         self.router = CallRouter(
             self.nc,
             self.subjects,
@@ -213,6 +219,9 @@ class OrchestratorService(Service):
     async def _subscribe(self, req: Subscribe, ctx: RequestContext) -> dict[str, Any]:
         expires = self.subscriptions.add(req.type, req.ttl)
         return {"type": req.type, "subject": self.subjects.message_event(req.type), "expires_in": expires}
+
+
+_OFF = frozenset({"0", "false", "no", "off"})
 
 
 def _policies_from_config(path: str | None) -> dict[str, CallPolicy]:
