@@ -33,8 +33,12 @@ class Channel:
 
 def channels() -> list[Channel]:
     # Imported here: the services import corral's shared modules, not the other way round.
+    from corral.live_config import ConfigSchema
     from corral.orchestrator.breakers import BreakerEvent
+    from corral.orchestrator.config_rollout import ConfigChange, ConfigGet, ConfigRollback, ConfigSet
+    from corral.orchestrator.leader import LeaderEvent
     from corral.orchestrator.service import BreakerReset, Subscribe
+    from corral.scheduling import messages as sched
     from corral.state import messages as state
     from corral.state.changes import Change
 
@@ -54,6 +58,71 @@ def channels() -> list[Channel]:
             "Make the store equal a snapshot.",
         ),
         ("state_snapshot_delete", "snapshot.delete", state.SnapshotIdRequest, "Delete a snapshot."),
+    ]
+    scheduler_verbs = [
+        ("task_submit", "submit", sched.SubmitRequest, "Queue a task; the reply carries its id."),
+        ("task_submit_many", "submit_many", sched.SubmitManyRequest, "Queue up to 1000 tasks at once."),
+        ("task_get", "get", sched.TaskIdRequest, "A task's record."),
+        ("task_cancel", "cancel", sched.TaskIdRequest, "Cancel a task."),
+        ("task_list", "list", sched.ListRequest, "Task records, newest first."),
+        ("dlq_list", "dlq.list", sched.DlqListRequest, "Dead letters, oldest first."),
+        ("dlq_show", "dlq.show", sched.DlqIdRequest, "One dead letter."),
+        ("dlq_retry", "dlq.retry", sched.DlqIdRequest, "Queue a dead-lettered task again."),
+        ("dlq_purge", "dlq.purge", sched.DlqPurgeRequest, "Delete one dead letter, or all."),
+    ]
+    scheduler = [
+        *(
+            Channel(op, f"{{prefix}}.scheduler.{verb}", text, struct)
+            for op, verb, struct, text in scheduler_verbs
+        ),
+        Channel(
+            "task_queue",
+            "{prefix}.tasks.{priority}.{route}",
+            "A queued task (stream CORRAL_TASKS, work queue); workers pull it.",
+            sched.TaskSpec,
+            None,
+            "publish",
+        ),
+        Channel(
+            "task_transition",
+            "{prefix}.task.{id}.{event}",
+            "started, retry, done, failed, cancelled (core; the result itself is in KV).",
+            sched.TaskDone,
+            None,
+            "publish",
+        ),
+        Channel(
+            "task_progress",
+            "{prefix}.task.{id}.progress",
+            "A progress delta; `.snapshot` carries everything so far every N deltas.",
+            sched.TaskProgress,
+            None,
+            "publish",
+        ),
+        Channel(
+            "task_lifecycle",
+            "{prefix}.evt.task.{kind}",
+            "retrying, failed, cancelled, dlq_retried (stream CORRAL_EVENTS).",
+            sched.TaskDone,
+            None,
+            "publish",
+        ),
+        Channel(
+            "dead_letter",
+            "{prefix}.dlq.{id}",
+            "A task whose every attempt failed (stream CORRAL_DLQ).",
+            sched.DeadLetter,
+            None,
+            "publish",
+        ),
+        Channel(
+            "worker_heartbeat",
+            "{prefix}.workers.hb.{instance}",
+            "A worker's id, capabilities and load.",
+            sched.WorkerInfo,
+            None,
+            "publish",
+        ),
     ]
     return [
         Channel("send", "{prefix}.send.{module}", "Call a module through the orchestrator.", Envelope),
@@ -79,6 +148,22 @@ def channels() -> list[Channel]:
             "subscribe", "{prefix}.orchestrator.subscribe", "Lease routed messages of a type.", Subscribe
         ),
         *(Channel(op, f"{{prefix}}.state.{verb}", text, struct) for op, verb, struct, text in verbs),
+        *(
+            Channel(f"config_{verb}", f"{{prefix}}.orchestrator.config.{verb}", text, struct)
+            for verb, struct, text in (
+                ("get", ConfigGet, "A module's stored config, schema and instances."),
+                ("set", ConfigSet, "Validate, apply in every running instance, then store a config."),
+                ("history", ConfigGet, "The kept versions of a module's config."),
+                ("rollback", ConfigRollback, "Apply and store an earlier version again."),
+            )
+        ),
+        Channel(
+            "module_config_schema",
+            "{prefix}.modctl.{module}.schema",
+            "One reply per instance: its config JSON Schema.",
+            None,
+            ConfigSchema,
+        ),
         Channel(
             "heartbeat",
             "{prefix}.hb.{service}.{instance}",
@@ -99,6 +184,22 @@ def channels() -> list[Channel]:
             "state_changed", "{prefix}.evt.state.changed", "Every state change.", Change, None, "publish"
         ),
         Channel(
+            "config_event",
+            "{prefix}.evt.config.{module}",
+            "A committed config change.",
+            ConfigChange,
+            None,
+            "publish",
+        ),
+        Channel(
+            "leader_event",
+            "{prefix}.evt.lifecycle.leader.{lease}",
+            "A replica gained or lost a lease.",
+            LeaderEvent,
+            None,
+            "publish",
+        ),
+        Channel(
             "message_event",
             "{prefix}.evt.message.{type}",
             "Routed messages, while leased.",
@@ -106,6 +207,7 @@ def channels() -> list[Channel]:
             None,
             "publish",
         ),
+        *scheduler,
     ]
 
 

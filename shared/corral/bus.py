@@ -28,6 +28,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from corral.errors import ConfigError
@@ -44,6 +45,7 @@ __all__ = [
     "ensure_stream",
     "events_stream_spec",
     "publish_durable",
+    "request",
 ]
 
 log = logging.getLogger("corral.bus")
@@ -194,6 +196,7 @@ class StreamSpec(msgspec.Struct, kw_only=True, frozen=True):
     max_msgs: int | None = None
     duplicate_window: float = 120.0
     replicas: int = 1
+    discard: str = "old"  # old | new: "new" refuses a publish when the stream is full (backpressure)
 
     def to_config(self) -> api.StreamConfig:
         return api.StreamConfig(
@@ -206,6 +209,7 @@ class StreamSpec(msgspec.Struct, kw_only=True, frozen=True):
             max_msgs=self.max_msgs,
             duplicate_window=self.duplicate_window,
             num_replicas=self.replicas,
+            discard=api.DiscardPolicy(self.discard),
         )
 
 
@@ -328,3 +332,31 @@ async def publish_durable(
             log.info("publish to %s not acknowledged (%r); retrying with the same message id", subject, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+# Pauses before asking again after "no responders". nats-server (seen on 2.15, loopback) now and
+# then answers 503 to a request published just after another connection's SUB was confirmed by a
+# PONG: about 1 request in 200-300 in a tight subscribe-then-request loop. Nothing was delivered,
+# so asking again is safe, and a service that has just started is found on the second try.
+NO_RESPONDERS_RETRY_DELAYS: tuple[float, ...] = (0.005, 0.02, 0.05)
+
+
+async def request(
+    nc: Client,
+    subject: str,
+    data: bytes = b"",
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> Msg:
+    """`nc.request`, asked again a few times within `timeout` when the server says no responders."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for delay in NO_RESPONDERS_RETRY_DELAYS:
+        try:
+            return await nc.request(subject, data, timeout=deadline - loop.time(), headers=headers)
+        except nats.errors.NoRespondersError:
+            if loop.time() + delay >= deadline:
+                raise
+            await asyncio.sleep(delay)
+    return await nc.request(subject, data, timeout=max(deadline - loop.time(), 0.001), headers=headers)

@@ -102,6 +102,10 @@ class Subjects:
     def events_stream_subjects(self) -> list[str]:
         return [f"{self.prefix}.evt.{source}.>" for source in EVENT_SOURCES]
 
+    def leader_event(self, lease: str) -> str:
+        """Leadership gained or lost by a replica (`lifecycle` so CORRAL_EVENTS keeps it)."""
+        return self.event("lifecycle", "leader", lease)
+
     def message_event(self, type_: str) -> str:
         """Live copies of routed messages of one type, for subscribers by type."""
         return f"{self.prefix}.evt.message.{type_}"
@@ -110,7 +114,44 @@ class Subjects:
         return f"{self.prefix}.task.{task_id}.{event}"
 
     def task_queue(self, priority: int, capability: str) -> str:
+        """Where a queued task waits: one subject per priority level and route (see
+        corral.scheduling.routing), stored in the CORRAL_TASKS work-queue stream."""
         return f"{self.prefix}.tasks.{priority}.{capability}"
+
+    @property
+    def task_queue_all(self) -> str:
+        return f"{self.prefix}.tasks.*.*"
+
+    def task_kick(self, priority: int, capability: str) -> str:
+        """Core, no body: a task was queued on that level and route; idle workers look at once."""
+        return f"{self.prefix}.tasks.kick.{priority}.{capability}"
+
+    def task_kicks(self, capability: str) -> str:
+        """Kicks of every level of one route."""
+        return f"{self.prefix}.tasks.kick.*.{capability}"
+
+    def task_events_of(self, kind: str) -> str:
+        """One kind of event (`done`, `started`, ...) of every task."""
+        return f"{self.prefix}.task.*.{kind}"
+
+    def task_events(self, task_id: str) -> str:
+        return f"{self.prefix}.task.{task_id}.>"
+
+    def dead_letter(self, task_id: str) -> str:
+        """The subject of a task's dead letter in the CORRAL_DLQ stream."""
+        return f"{self.prefix}.dlq.{task_id}"
+
+    @property
+    def dead_letters_all(self) -> str:
+        return f"{self.prefix}.dlq.*"
+
+    def worker_heartbeat(self, instance: str) -> str:
+        """A worker's registration (id, capabilities, load), republished every heartbeat."""
+        return f"{self.prefix}.workers.hb.{instance}"
+
+    @property
+    def worker_heartbeats_all(self) -> str:
+        return f"{self.prefix}.workers.hb.*"
 
     # --- queue groups --------------------------------------------------------------------------
     def queue_group(self, name: str) -> str:

@@ -9,7 +9,10 @@ import subprocess
 import sys
 import time
 
+import nats.errors
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from corral.bus import (
     BusSettings,
@@ -21,6 +24,7 @@ from corral.bus import (
     ensure_kv,
     ensure_stream,
     publish_durable,
+    request,
 )
 from corral.natsd import NatsServer
 
@@ -105,3 +109,26 @@ async def test_publish_durable_survives_a_server_restart_without_duplicates(nats
         assert (await js.stream_info("DUR")).state.messages == 2
     finally:
         await nc.close()
+
+
+async def test_request_asks_again_when_a_responder_appears_within_the_retry_window(
+    nc: Client, prefix: str
+) -> None:
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"pong")
+
+    async def subscribe_soon() -> None:
+        await asyncio.sleep(0.01)  # after the first attempt, before the last
+        await nc.subscribe(f"{prefix}.late", cb=answer)
+
+    late = asyncio.create_task(subscribe_soon())
+    reply = await request(nc, f"{prefix}.late", b"ping", timeout=2.0)
+    await late
+    assert reply.data == b"pong"
+
+
+async def test_request_still_says_no_responders_when_nobody_ever_answers(nc: Client, prefix: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(nats.errors.NoRespondersError):
+        await request(nc, f"{prefix}.nobody", b"ping", timeout=2.0)
+    assert time.monotonic() - started < 1.0  # the retries are short; it is not a timeout

@@ -18,7 +18,7 @@ from tests.conftest import CorralUp
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE_MODULES = ("interpreter", "compiler", "organism", "physics")  # the modules of corral.toml
+EXAMPLE_MODULES = ("interpreter", "compiler", "organism", "demo", "physics")  # the modules of corral.toml
 
 
 async def request(nc: Client, subject: str, body: dict[str, object] | bytes) -> dict[str, object]:

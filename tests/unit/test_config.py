@@ -51,7 +51,7 @@ def test_the_repo_corral_toml_loads() -> None:
     assert config.nats == NatsConfig(url="", port=4222, store_dir=".corral/nats", sync_interval="default")
     assert config.service("orchestrator").metrics_port == 0
     assert config.service("state").enabled is True  # not in the file: defaults
-    assert list(config.modules) == ["interpreter", "compiler", "organism", "physics"]
+    assert list(config.modules) == ["interpreter", "compiler", "organism", "demo", "physics"]
     assert config.modules["physics"].kind == "wasm"
     interpreter = config.modules["interpreter"]
     assert interpreter.kind == "process"
@@ -60,7 +60,7 @@ def test_the_repo_corral_toml_loads() -> None:
     assert interpreter.required is True
     assert interpreter.startup_timeout == 30.0
     assert config.module_argv("interpreter") == [sys.executable, str(REPO / "examples/modules/interpreter")]
-    assert start_layers(config.modules) == [["compiler", "interpreter", "organism", "physics"]]
+    assert start_layers(config.modules) == [["compiler", "demo", "interpreter", "organism", "physics"]]
 
 
 def test_an_empty_file_is_all_defaults(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ from corral.errors import NotFoundError
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.config_rollout import ConfigGet, ConfigRollback, ConfigRollout, ConfigSet
 from corral.orchestrator.fastpath import FastPath
+from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.mux import RequestMux
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.router import CallRouter
@@ -62,12 +64,17 @@ class OrchestratorService(Service):
         policies: dict[str, CallPolicy] | None = None,
         default_policy: CallPolicy | None = None,
         call_timeout: float | None = None,
+        lease_ttl: float | None = None,
+        initial_config: dict[str, dict[str, Any]] | None = None,
         direct_reply: bool | None = None,
     ) -> None:
         """`policies` per module and `default_policy` for the rest; `call_timeout` is a shortcut
-        for a default policy with that timeout. `direct_reply=False` (or CORRAL_DIRECT_REPLY=0)
-        routes every answer through the orchestrator (corral.runtime.direct), for accounts whose
-        modules may not publish to callers' inboxes (`allow_responses`)."""
+        for a default policy with that timeout. `lease_ttl` (default `CORRAL_LEASE_TTL` or 6 s)
+        is how long the leader's lease lasts unrenewed. `initial_config` (default: corral.toml's
+        `[modules.X.config]`) seeds the live config of modules that have none.
+        `direct_reply=False` (or CORRAL_DIRECT_REPLY=0) routes every answer through the
+        orchestrator (corral.runtime.direct), for accounts whose modules may not publish to
+        callers' inboxes (`allow_responses`)."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
@@ -87,8 +94,19 @@ class OrchestratorService(Service):
         self.mux: RequestMux | None = None
         self.catalog: ModuleCatalog | None = None
         self.fast: FastPath | None = None
+        self.lease_ttl = lease_ttl or float(os.environ.get("CORRAL_LEASE_TTL") or DEFAULT_TTL)
+        self.leadership: Leadership | None = None
+        if initial_config is None:
+            initial_config = _module_configs_from_config(os.environ.get("CORRAL_CONFIG"))
+        self.initial_config = initial_config
+        self.config_rollout: ConfigRollout | None = None
 
     async def setup(self) -> None:
+        # Unique per process, like the breaker replica id, so `leader` names one replica.
+        self.leadership = Leadership(
+            self.js, self.subjects, f"{self.instance}-{uuid.uuid4().hex[:6]}", ttl=self.lease_ttl
+        )
+        await self.leadership.start()
         self.board = BreakerBoard(
             self.js,
             self.subjects,
@@ -132,6 +150,13 @@ class OrchestratorService(Service):
         self.gate = ReadinessGate(self.nc, self.subjects)
         self.gate.start()
         self.endpoint("register", ModuleRegistration)(self._register_module)
+        rollout = self.config_rollout = ConfigRollout(self.nc, self.js, self.subjects)
+        await rollout.start()
+        await rollout.seed(self.initial_config)
+        self.endpoint("config.get", ConfigGet)(lambda req, _: rollout.get(req))
+        self.endpoint("config.set", ConfigSet)(lambda req, _: rollout.set(req))
+        self.endpoint("config.history", ConfigGet)(lambda req, _: rollout.history(req))
+        self.endpoint("config.rollback", ConfigRollback)(lambda req, _: rollout.rollback(req))
         self.metrics.registry.register(_RouteCollector(self.metrics.prefix, self.router))
 
     @property
@@ -141,6 +166,8 @@ class OrchestratorService(Service):
     async def teardown(self) -> None:
         if self.fast is not None:  # calls on the fast path are not tasks: drain them here
             await self.fast.drain(self.settings.drain_timeout)
+        if self.leadership is not None:
+            await self.leadership.stop()
         if self.gate is not None:
             await self.gate.stop()
         await self.subscriptions.stop()
@@ -156,6 +183,7 @@ class OrchestratorService(Service):
             **self.identity(),
             **(await self._stats(None, ctx)),
             "waiting_for_dependencies": self.gate.snapshot() if self.gate else {},
+            "leadership": self.leadership.snapshot() if self.leadership else None,
         }
 
     async def _stats(self, _: None, ctx: RequestContext) -> dict[str, Any]:
@@ -229,6 +257,12 @@ def _policies_from_config(path: str | None) -> dict[str, CallPolicy]:
         return {}
     config = load_config(path)
     return {name: module.policy() for name, module in config.modules.items()}
+
+
+def _module_configs_from_config(path: str | None) -> dict[str, dict[str, Any]]:
+    if not path:
+        return {}
+    return {name: module.config for name, module in load_config(path).modules.items() if module.config}
 
 
 _BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}

@@ -10,7 +10,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
-from corral.bus import BusSettings, connect
+from corral.bus import BusSettings, connect, request
 from corral.cli.output import err, out
 from corral.subjects import Subjects
 
@@ -21,7 +21,7 @@ async def ask(nc: NatsClient, subject: str, body: dict[str, Any] | None = None, 
     """Request a corral endpoint; return the success payload or raise RuntimeError with its errors."""
     data = msgspec.json.encode(body) if body is not None else b""
     try:
-        msg = await nc.request(subject, data, timeout=timeout)
+        msg = await request(nc, subject, data, timeout=timeout)
     except nats.errors.NoRespondersError:
         raise RuntimeError(
             f"nobody answers {subject}: is the system up (corral up), and the prefix right?"

@@ -6,14 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from corral.bus import BusSettings
 from corral.cli import calls, commands
+from corral.cli import config_cmd as config_cli
 from corral.cli import events as events_cli
 from corral.cli import state as state_cli
+from corral.cli import tasks as tasks_cli
 from corral.cli.up import run_up
 from corral.config import load_config
 from corral.errors import ConfigError
@@ -56,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("module")
     state_cli.add_parser(sub)
     events_cli.add_parser(sub)
+    config_cli.add_parser(sub)
+    tasks_cli.add_parsers(sub)
     return parser
 
 
@@ -79,27 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         servers=[u.strip() for u in url.split(",")] if url else None, connect_attempts=3
     )
     try:
-        if args.command == "up":
-            config = load_config(args.config)
-            if args.prefix:
-                config.prefix = args.prefix
-            code = _run(run_up(config, url or (config.nats.url or None)))
-        elif args.command == "run":
-            code = commands.run_service(args.service)
-        elif args.command == "send":
-            code = _run(
-                commands.send(bus, prefix, args.module, args.type, args.payload, args.timeout, args.priority)
-            )
-        elif args.command == "breakers":
-            code = _run(calls.breakers(bus, prefix))
-        elif args.command == "breaker":
-            code = _run(calls.breaker_reset(bus, prefix, args.module))
-        elif args.command == "events":
-            code = _run(events_cli.run(args, bus, prefix))
-        elif args.command == "state":
-            code = _run(state_cli.run(args, bus, prefix))
-        else:
-            code = _run(commands.status(bus, prefix))
+        code = _dispatch(args, bus, prefix, url)
     except ConfigError as exc:
         print(f"corral: {exc}", file=sys.stderr)
         code = 2
@@ -107,6 +91,37 @@ def main(argv: list[str] | None = None) -> None:
         print(f"corral: {exc}", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+def _dispatch(args: argparse.Namespace, bus: BusSettings, prefix: str, url: str | None) -> int:
+    """Run one subcommand; commands that own a parser module are looked up in `_SUBCOMMANDS`."""
+    if args.command == "up":
+        config = load_config(args.config)
+        if args.prefix:
+            config.prefix = args.prefix
+        return _run(run_up(config, url or (config.nats.url or None)))
+    if args.command == "run":
+        return commands.run_service(args.service)
+    if args.command == "send":
+        return _run(
+            commands.send(bus, prefix, args.module, args.type, args.payload, args.timeout, args.priority)
+        )
+    if args.command == "breakers":
+        return _run(calls.breakers(bus, prefix))
+    if args.command == "breaker":
+        return _run(calls.breaker_reset(bus, prefix, args.module))
+    if handler := _SUBCOMMANDS.get(args.command):
+        return _run(handler(args, bus, prefix))
+    return _run(commands.status(bus, prefix))
+
+
+SubcommandRunner = Callable[[argparse.Namespace, BusSettings, str], Coroutine[Any, Any, int]]
+_SUBCOMMANDS: dict[str, SubcommandRunner] = {
+    "events": events_cli.run,
+    "state": state_cli.run,
+    "config": config_cli.run,
+    **dict.fromkeys(tasks_cli.COMMANDS, tasks_cli.run),
+}
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -16,6 +16,16 @@ from corral.sdk.client import Client
 from corral.sdk.module import Module
 from corral.sdk.service import ModuleService
 from corral.sdk.state import StateClient, StateManager, Watch
+from corral.sdk.task_context import TaskContext
+from corral.sdk.tasks import (
+    TaskCancelledError,
+    TaskDeadLetteredError,
+    TaskError,
+    TaskFailedError,
+    TaskHandle,
+    TaskUpdate,
+)
+from corral.sdk.worker import Worker
 
 __all__ = [
     "CallTimeoutError",
@@ -31,7 +41,15 @@ __all__ = [
     "RequestContext",
     "StateClient",
     "StateManager",
+    "TaskCancelledError",
+    "TaskContext",
+    "TaskDeadLetteredError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskUpdate",
     "UnavailableError",
     "ValidationError",
     "Watch",
+    "Worker",
 ]

@@ -24,10 +24,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from corral.bus import BusSettings, connect
+from corral.bus import BusSettings, connect, request
 from corral.errors import CallTimeoutError, UnavailableError, error_from_payload
 from corral.protocol import TIMEOUT_HEADER, TRACEPARENT_HEADER, Priority, parse_priority
 from corral.sdk.state import StateClient
+from corral.sdk.tasks import Tasks
 from corral.subjects import DEFAULT_PREFIX, Subjects, validate_token
 
 __all__ = ["Client", "MessageEvent", "TypeSubscription", "new_traceparent"]
@@ -103,7 +104,10 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
-class Client:
+class Client(Tasks):
+    """Calls modules (`send`), subscribes to message types, and submits and follows tasks
+    (`submit`, `submit_many`, `cancel`, `task`: see corral.sdk.tasks)."""
+
     def __init__(
         self, nc: NatsClient, *, prefix: str = DEFAULT_PREFIX, owns_connection: bool = False
     ) -> None:
@@ -144,8 +148,12 @@ class Client:
         headers = {TRACEPARENT_HEADER: traceparent or new_traceparent(), TIMEOUT_HEADER: str(timeout)}
         # The orchestrator answers TIMEOUT itself at `timeout`; wait a little longer for that answer.
         try:
-            msg = await self.nc.request(
-                self.subjects.send(module), _encoder.encode(envelope), timeout=timeout + 1.0, headers=headers
+            msg = await request(
+                self.nc,
+                self.subjects.send(module),
+                _encoder.encode(envelope),
+                timeout=timeout + 1.0,
+                headers=headers,
             )
         except nats.errors.NoRespondersError as exc:
             raise UnavailableError(

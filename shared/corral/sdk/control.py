@@ -13,6 +13,7 @@ endpoint, and a body of the wrong shape gets VALIDATION naming the field.
 | degrade | `{"reason"?, "on"?: true}` | sets `module.degraded`, calls the `on_degrade` hooks |
 | throttle | `{"concurrency": int or null}` | caps concurrent handler calls of the instance (null: no cap) |
 | config | the module's config Struct | validates, calls the `on_config` hooks, then `module.config` |
+| schema | empty | `{module, instance, module_version, typed, schema, config_version, config}` (JSON Schema) |
 | status | empty | `{module, instance, pid, started, ready, degraded, throttle, config_version, in_flight}` |
 | health | empty | runs `@module.health_check`s: `{module, instance, checks: {name: {ok, error}}, throttle}` |
 """
@@ -29,18 +30,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from corral.errors import CorralError, ValidationError
+from corral.live_config import CONFIG_VERSION_HEADER, ConfigSchema
 from corral.protocol import CheckResult, ModuleHealth, ModuleStatus
 from corral.runtime import RequestContext
 from corral.runtime.endpoints import typed_handler
 
 if TYPE_CHECKING:
+    from corral.sdk.module import Module
     from corral.sdk.service import ModuleService
 
-__all__ = ["CONTROL_VERBS", "Degrade", "Ready", "Throttle", "add_control_endpoints", "call_hook"]
+__all__ = [
+    "CONTROL_VERBS", "Degrade", "Ready", "Throttle", "add_control_endpoints", "apply_config", "call_hook",
+    "config_schema",
+]  # fmt: skip
 
 log = logging.getLogger("corral.sdk")
 
-CONTROL_VERBS = ("ready", "stop", "restart", "reset", "degrade", "throttle", "config", "status", "health")
+CONTROL_VERBS = (
+    "ready", "stop", "restart", "reset", "degrade", "throttle", "config", "schema", "status", "health",
+)  # fmt: skip
 
 
 class Ready(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,6 +82,25 @@ async def call_hook(hook: Callable[..., Any], *args: Any) -> None:
         await result
 
 
+async def apply_config(module: Module, config: Any, version: int | None = None) -> None:
+    """Run the `on_config` hooks, then make `config` the module's (as `version`, else the next).
+
+    A hook raising rejects it with VALIDATION and the module keeps its config."""
+    for hook in module.config_hooks:
+        try:
+            await call_hook(hook, config)
+        except CorralError:
+            raise
+        except Exception as exc:
+            raise ValidationError(
+                f"config rejected by {getattr(hook, '__name__', 'on_config')}: {exc}; "
+                f"the module keeps config version {module.config_version}"
+            ) from exc
+    module.config = config
+    module.config_version = module.config_version + 1 if version is None else version
+    log.info("module %s: config version %d applied", module.name, module.config_version)
+
+
 def status_of(service: ModuleService) -> ModuleStatus:
     module = service.module
     return ModuleStatus(
@@ -88,6 +115,20 @@ def status_of(service: ModuleService) -> ModuleStatus:
         config_version=module.config_version,
         in_flight=service.in_flight,
     )
+
+
+def config_schema(service: ModuleService) -> ConfigSchema:
+    """The module's config type as JSON Schema (any object when it has no `on_config` hook)."""
+    module = service.module
+    typed = module.config_type is not None
+    try:
+        schema = msgspec.json.schema(module.config_type if typed else dict[str, Any])
+    except TypeError:  # a type msgspec cannot describe: the module itself still checks it
+        schema = {}
+    return ConfigSchema(
+        module=module.name, instance=service.instance, module_version=module.version, typed=typed,
+        schema=schema, config_version=module.config_version, config=module.config,
+    )  # fmt: skip
 
 
 class ControlVerbs:
@@ -131,22 +172,14 @@ class ControlVerbs:
         log.info("module %s: at most %s concurrent calls", self.module.name, req.concurrency or "unlimited")
         return status_of(self.service)
 
-    async def config(self, req: Any, _ctx: RequestContext) -> ConfigReply:
-        module = self.module
-        for hook in module.config_hooks:
-            try:
-                await call_hook(hook, req)
-            except CorralError:
-                raise
-            except Exception as exc:
-                raise ValidationError(
-                    f"config rejected by {getattr(hook, '__name__', 'on_config')}: {exc}; "
-                    f"the module keeps config version {module.config_version}"
-                ) from exc
-        module.config = req
-        module.config_version += 1
-        log.info("module %s: config version %d applied", module.name, module.config_version)
-        return ConfigReply(module.config_version, req)
+    async def config(self, req: Any, ctx: RequestContext) -> ConfigReply:
+        # The orchestrator names the stored version it applies; a bare request counts up.
+        version = ctx.headers.get(CONFIG_VERSION_HEADER, "")
+        await apply_config(self.module, req, int(version) if version.isdigit() else None)
+        return ConfigReply(self.module.config_version, req)
+
+    async def schema(self, _: None, _ctx: RequestContext) -> ConfigSchema:
+        return config_schema(self.service)
 
     async def status(self, _: None, _ctx: RequestContext) -> ModuleStatus:
         return status_of(self.service)

@@ -24,6 +24,7 @@ from corral.runtime.direct import DIRECT_REPLY_METADATA
 from corral.runtime.endpoints import RawHandler, typed_handler
 from corral.sdk.control import add_control_endpoints, call_hook
 from corral.sdk.limits import Limiter
+from corral.sdk.live_config import adopt_stored_config
 
 if TYPE_CHECKING:
     from corral.sdk.module import Handler, Module
@@ -69,6 +70,7 @@ class ModuleService(Service):
         self.ready = not self.wait_for_ready
         for hook in self.module.start_hooks:
             await call_hook(hook, self)
+        await adopt_stored_config(self)  # before serving: a (re)start runs the live config
         for handler in self.module.handlers.values():
             self.add_endpoint(
                 handler.type,

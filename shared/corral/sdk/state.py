@@ -38,6 +38,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from corral.bus import request
 from corral.errors import (
     CallTimeoutError,
     ConflictError,
@@ -122,8 +123,8 @@ class StateClient:
     async def _call(self, verb: str, body: dict[str, Any] | None, reply_type: type[T]) -> T:
         subject = self.subjects.service("state", verb)
         try:
-            msg = await self.nc.request(
-                subject, _encode(body) if body is not None else b"", timeout=self.timeout
+            msg = await request(
+                self.nc, subject, _encode(body) if body is not None else b"", timeout=self.timeout
             )
         except nats.errors.NoRespondersError:
             raise UnavailableError(

@@ -1,0 +1,81 @@
+"""Putting tasks on the CORRAL_TASKS work queue, many at a time, and waking idle workers."""
+
+from __future__ import annotations
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from corral.errors import OverloadedError
+from corral.protocol import TRACEPARENT_HEADER
+from corral.scheduling.messages import TaskSpec
+from corral.scheduling.publisher import Ack, AsyncPublisher, PublishRefused
+from corral.scheduling.settings import SchedulerSettings
+from corral.subjects import Subjects
+
+__all__ = ["TaskQueue"]
+
+_encode = msgspec.json.Encoder().encode
+MAX_MESSAGES_EXCEEDED = 10077  # JetStream: "maximum messages exceeded" (discard=new, stream full)
+# A publish the stream refuses because it is full reports one of these.
+_FULL_CODES = {MAX_MESSAGES_EXCEEDED, 10027, 10047, 10028}
+
+
+class TaskQueue:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        subjects: Subjects,
+        settings: SchedulerSettings,
+        publisher: AsyncPublisher,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.publisher = publisher
+        self.subjects = subjects
+        self.settings = settings
+
+    async def depth(self) -> int:
+        info = await self.js.stream_info(self.subjects.tasks_stream)
+        return int(info.state.messages)
+
+    def overloaded(self, depth: int) -> OverloadedError:
+        return OverloadedError(
+            f"the task queue is full: {depth} tasks queued, the limit is {self.settings.max_queued} "
+            "(CORRAL_SCHEDULER_MAX_QUEUED); retry later",
+        )
+
+    async def check_room(self, count: int) -> None:
+        """Refuse a batch that cannot fit, before any of it is queued."""
+        depth = await self.depth()
+        if depth + count > self.settings.max_queued:
+            raise self.overloaded(depth)
+
+    async def enqueue(self, specs: list[TaskSpec], *, msg_ids: list[str] | None = None) -> list[Ack]:
+        """Publish every task, wait for all acknowledgements, then kick idle workers once per
+        level and route. Raises OverloadedError (after removing what this batch queued) when
+        the stream is full."""
+        futures = []
+        for index, spec in enumerate(specs):
+            headers = {"Nats-Msg-Id": msg_ids[index] if msg_ids else spec.id}
+            if spec.traceparent:
+                headers[TRACEPARENT_HEADER] = spec.traceparent
+            subject = self.subjects.task_queue(spec.priority, spec.route)
+            futures.append(await self.publisher.publish(subject, _encode(spec), headers))
+        outcomes = await self.publisher.wait(futures)
+        acks = [o for o in outcomes if isinstance(o, Ack)]
+        if len(acks) < len(outcomes):
+            for ack in acks:
+                if not ack.duplicate:
+                    await self.js.delete_msg(self.subjects.tasks_stream, ack.seq)
+            first = next(o for o in outcomes if not isinstance(o, Ack))
+            if isinstance(first, PublishRefused) and first.err_code in _FULL_CODES:
+                raise self.overloaded(await self.depth())
+            raise first
+        await self.kick({(spec.priority, spec.route) for spec in specs})
+        return acks
+
+    async def kick(self, queues: set[tuple[int, str]]) -> None:
+        for priority, route in queues:
+            await self.nc.publish(self.subjects.task_kick(priority, route))

@@ -1,0 +1,116 @@
+"""Many JetStream publishes in flight, each answered by its own future.
+
+nats-py's `publish_async` loses the future of a publish the stream refuses (its reply handler
+raises instead of failing the future, so a full stream hangs the caller), so the task queue
+uses this: one wildcard inbox, a future per publish, the acknowledgement parsed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["Ack", "AsyncPublisher", "PublishRefused"]
+
+
+class Ack(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+
+
+class _Error(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _Reply(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _Error | None = None
+
+
+_decode = msgspec.json.Decoder(_Reply).decode
+
+
+class PublishRefused(Exception):
+    """JetStream answered a publish with an error (e.g. err_code 10077: the stream is full)."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"JetStream refused the publish: {description} (code {code}, err_code {err_code})")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class AsyncPublisher:
+    def __init__(self, nc: Client, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._prefix = ""
+        self._futures: dict[str, asyncio.Future[Ack]] = {}
+        self._counter = itertools.count()
+        self._sub: Subscription | None = None
+
+    async def _start(self) -> None:
+        self._prefix = self.nc.new_inbox() + "."
+        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        if not msg.data:  # a status message: 503 no responders (no stream takes this subject)
+            status = (msg.headers or {}).get("Status", "")
+            future.set_exception(PublishRefused(int(status or 503), 0, "no stream answered (no responders)"))
+            return
+        try:
+            reply = _decode(msg.data)
+        except msgspec.DecodeError as exc:
+            future.set_exception(exc)
+            return
+        if reply.error is not None:
+            error = reply.error
+            future.set_exception(PublishRefused(error.code, error.err_code, error.description))
+        else:
+            future.set_result(Ack(reply.stream, reply.seq, reply.duplicate))
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Ack]:
+        """Send now; the returned future holds the acknowledgement (TimeoutError after `timeout`)."""
+        if self._sub is None:
+            await self._start()
+        token = str(next(self._counter))
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+        return future
+
+    async def wait(self, futures: list[asyncio.Future[Ack]]) -> list[Ack | BaseException]:
+        """Every acknowledgement (or its error), within `timeout` for the lot."""
+        if not futures:
+            return []
+        _done, pending = await asyncio.wait(futures, timeout=self.timeout)
+        outcomes: list[Ack | BaseException] = []
+        for future in futures:
+            if future in pending:
+                future.cancel()
+                outcomes.append(TimeoutError("JetStream did not acknowledge a publish in time"))
+            else:
+                outcomes.append(future.exception() or future.result())
+        for token in [t for t, f in self._futures.items() if f.done()]:
+            del self._futures[token]
+        return outcomes
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
