@@ -11,14 +11,16 @@ from contextlib import asynccontextmanager
 
 from corral.errors import CallTimeoutError, OverloadedError
 from corral.policy import BulkheadConfig
+from corral.runtime.deadlines import Deadlines
 
 __all__ = ["Bulkhead"]
 
 
 class Bulkhead:
-    def __init__(self, module: str, config: BulkheadConfig) -> None:
+    def __init__(self, module: str, config: BulkheadConfig, deadlines: Deadlines | None = None) -> None:
         self.module = module
         self.config = config
+        self._deadlines = deadlines or Deadlines()  # queue timeouts, without a loop timer each
         self.in_flight = 0
         # A heap of (priority, arrival, future); futures of callers who gave up stay in the heap
         # until popped, so `queued` counts only live ones.
@@ -71,7 +73,7 @@ class Bulkhead:
 
         # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands just as the slot is
         # handed over, and the cancelled caller would go on to make its call.
-        deadline = loop.call_later(timeout, expire)
+        deadline = self._deadlines.add(timeout, expire)
         try:
             await asyncio.shield(waiter)  # our cancellation must not cancel the waiter behind our back
         except asyncio.CancelledError:
@@ -89,7 +91,7 @@ class Bulkhead:
                 self.queued -= 1
             raise
         finally:
-            deadline.cancel()
+            self._deadlines.cancel(deadline)
 
     def _hand_over(self) -> None:
         """Give the freed slot to the most urgent live waiter, or return it."""

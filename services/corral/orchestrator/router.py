@@ -46,6 +46,7 @@ from corral.protocol import (
     describe_decode_error,
 )
 from corral.runtime import Reply, error_reply
+from corral.runtime.deadlines import Deadlines
 from corral.runtime.endpoints import ERROR_CODE_HEADER, exception_reply
 from corral.subjects import Subjects
 
@@ -106,13 +107,17 @@ class CallRouter:
         self.watched_types: set[str] = set()  # types someone subscribed to (see subscriptions.py)
         self.routed = 0
         self._send_prefix = subjects.send("")  # "corral.send."
+        self._deadlines = Deadlines()  # every bulkhead's queue timeouts
 
     def route(self, module: str) -> ModuleRoute:
         route = self.routes.get(module)
         if route is None:
             policy = self.policy_for.get(module, self.default_policy)
             route = ModuleRoute(
-                policy, self.board.get(module), Bulkhead(module, policy.bulkhead), ModuleStats()
+                policy,
+                self.board.get(module),
+                Bulkhead(module, policy.bulkhead, self._deadlines),
+                ModuleStats(),
             )
             self.routes[module] = route
         return route
