@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from corral.bus import BusSettings, connect
+from corral.natsd import NatsServer
 from corral.orchestrator.breaker import BreakerState
 from corral.orchestrator.service import OrchestratorService
 from corral.policy import BreakerConfig, BulkheadConfig, CallPolicy
@@ -298,3 +301,58 @@ async def test_turned_off_every_answer_goes_through_the_orchestrator(
     assert orchestrator.mux.reported == 0
     assert orchestrator.fast is not None
     assert orchestrator.fast.taken == 0
+
+
+@pytest.mark.chaos
+async def test_a_call_in_flight_across_a_server_restart_is_answered_and_counted_once(
+    nats_server: NatsServer, prefix: str
+) -> None:
+    bus = BusSettings(servers=[nats_server.url], reconnect_time_wait=0.1, connect_attempts=5)
+    settings = ServiceSettings(prefix=prefix, bus=bus, metrics_port=-1, heartbeat_interval=0.5)
+    knobs = Knobs()
+    module = Module("held")
+
+    @module.handler("hold")
+    async def hold(payload: dict[str, Any]) -> dict[str, Any]:
+        await knobs.release.wait()
+        return payload
+
+    orchestrator = OrchestratorService(settings, policies={"held": POLICY})
+    caller = await connect(msgspec.structs.replace(bus, name="restart-caller"))
+    try:
+        async with orchestrator, module.service(settings) as held:
+            system = System(prefix, caller, knobs, orchestrator)
+            await system.learn("held")
+            inbox = caller.new_inbox()
+            got: asyncio.Queue[Msg] = asyncio.Queue()
+            await caller.subscribe(inbox, cb=got.put)
+            body = json.dumps({"type": "hold", "payload": {"n": 1}, "timeout": 8}).encode()
+            await caller.publish(f"{prefix}.send.held", body, reply=inbox)
+            await caller.flush()
+            for _ in range(100):  # the module holds the call
+                if held.in_flight:
+                    break
+                await asyncio.sleep(0.02)
+            nats_server.kill()
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(nats_server.start)
+            for client in (caller, orchestrator.nc, held.nc):
+                for _ in range(200):
+                    if client.is_connected:
+                        break
+                    await asyncio.sleep(0.05)
+                await client.flush()
+            knobs.release.set()  # answered after everyone is back: the report gets through
+            first = await asyncio.wait_for(got.get(), 10)
+            await system.settled()
+            await asyncio.sleep(0.3)
+            assert got.empty()  # no second answer
+            assert json.loads(first.data)["payload"] == {"n": 1}
+            stats = system.stats("held")
+            assert (stats["calls"], stats["successes"]) == (1, 1)
+            assert orchestrator.mux is not None
+            assert orchestrator.mux.reported == 1  # settled by the module's report
+            assert orchestrator.router is not None
+            assert orchestrator.router.routes["held"].bulkhead.in_flight == 0
+    finally:
+        await caller.close()
