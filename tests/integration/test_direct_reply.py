@@ -356,3 +356,47 @@ async def test_a_call_in_flight_across_a_server_restart_is_answered_and_counted_
             assert orchestrator.router.routes["held"].bulkhead.in_flight == 0
     finally:
         await caller.close()
+
+
+async def test_a_full_bulkhead_queues_direct_calls_by_priority(settings: ServiceSettings, nc: Client) -> None:
+    gate, entered = asyncio.Event(), asyncio.Event()
+    order: list[int] = []
+    module = Module("narrow")
+
+    @module.handler("work")
+    async def work(payload: dict[str, int]) -> int:
+        order.append(payload["p"])
+        entered.set()
+        await gate.wait()
+        return payload["p"]
+
+    narrow = CallPolicy(timeout=5.0, bulkhead=BulkheadConfig(max_concurrent=1, max_queue=3))
+    orchestrator = OrchestratorService(settings, policies={"narrow": narrow})
+    async with orchestrator, module.service(settings):
+        system = System(settings.prefix, nc, Knobs(), orchestrator)
+        await system.learn("narrow")
+        holder = asyncio.create_task(system.send("narrow", "work", {"p": 2}))
+        await asyncio.wait_for(entered.wait(), 5)
+        low = asyncio.create_task(system.send("narrow", "work", {"p": 4}, priority=4))
+        await asyncio.sleep(0.05)
+        high = asyncio.create_task(system.send("narrow", "work", {"p": 0}, priority=0))
+        expiring = asyncio.create_task(system.send("narrow", "work", {"p": 1}, timeout=0.2))
+        await asyncio.sleep(0.05)
+        (full,) = await system.send("narrow", "work", {"p": 9})  # three queued: no room
+        (expired,) = await expiring
+        gate.set()
+        answers = [await t for t in (holder, high, low)]
+        await system.settled()
+    assert full["payload"]["code"] == "OVERLOADED"
+    assert expired["payload"]["code"] == "TIMEOUT"
+    assert expired["payload"]["errors"][0].startswith("module 'narrow': no free call slot within 0.2s")
+    assert [a[0]["payload"] for a in answers] == [2, 0, 4]
+    assert order == [2, 0, 4]  # the critical call overtook the background one; 1 never ran
+    assert all(len(a) == 1 for a in answers)
+    assert orchestrator.fast is not None
+    assert orchestrator.fast.taken >= 4
+    stats = system.stats("narrow")
+    assert (stats["calls"], stats["successes"]) == (5, 3)
+    assert stats["errors"] == {"OVERLOADED": 1, "TIMEOUT": 1}
+    assert orchestrator.board is not None
+    assert orchestrator.board.breakers["narrow"]._consecutive == 0  # our queue, not the module

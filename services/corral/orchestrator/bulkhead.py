@@ -31,12 +31,16 @@ class Bulkhead:
     @asynccontextmanager
     async def slot(self, priority: int, timeout: float) -> AsyncIterator[None]:
         """Hold one of the module's call slots; waiting counts against `timeout`."""
-        if not self.try_acquire():
-            await self._wait(priority, timeout)
+        await self.acquire(priority, timeout)
         try:
             yield
         finally:
             self.release()
+
+    async def acquire(self, priority: int, timeout: float) -> None:
+        """`slot()` without the context manager: then `release()` exactly once."""
+        if not self.try_acquire():
+            await self._wait(priority, timeout)
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody waits ahead; then `release()` it exactly once."""

@@ -1,8 +1,9 @@
 """The call path's fast lane: a call to a direct-reply module, without a task.
 
-Most calls are plain: a module whose instances answer directly (corral.runtime.direct), a free
-bulkhead slot, a closed breaker, no retries, nobody subscribed to the type. Such a call is
-admitted and forwarded inside the subscription callback, and settled by a callback when the
+Most calls are plain: a module whose instances answer directly (corral.runtime.direct), a
+closed breaker, no retries, nobody subscribed to the type. Such a call with a free bulkhead
+slot is admitted and forwarded inside the subscription callback (one that must queue waits in
+the bulkhead's priority queue in a small task of its own), and settled by a callback when the
 module's outcome report (or a timeout, or a stray reply) arrives: no task, no coroutine
 frames kept alive across the call, none of the per-call objects that `asyncio` needs for an
 awaited request. Per call that is about a third of the orchestrator's CPU.
@@ -24,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 from nats.aio.msg import Msg
 
+from corral.errors import CorralError
 from corral.orchestrator.breaker import Permit
 from corral.orchestrator.mux import Answer, OutcomeLostError, Reported
 from corral.protocol import DIRECT_REPLY_GRACE, DIRECT_REPLY_HEADER, ErrorCode
 from corral.runtime import Reply
+from corral.runtime.endpoints import exception_reply
 
 if TYPE_CHECKING:
     from corral.orchestrator.router import Admission, CallRouter, ModuleRoute
@@ -88,17 +91,18 @@ class _Call:
             reply = router.error(self.codec, self.type, ErrorCode.UNAVAILABLE, f"no responders ({exc!r})")
         self.finish(reply)
 
-    def finish(self, reply: Reply) -> None:
+    def finish(self, reply: Reply, *, holds_slot: bool = True, verdict: bool = True) -> None:
+        """Settle the call: breaker (unless no `verdict`), slot, statistics, then the answer."""
         fast, router = self.fast, self.fast.router
         elapsed = time.perf_counter() - self.started
         try:
-            router.judge(self.permit, reply, elapsed)
+            if verdict:
+                router.judge(self.permit, reply, elapsed)
         finally:
             self.permit.release()  # no-op once judged
-            self.route.bulkhead.release()
-            fast.pending -= 1
-            if not fast.pending:
-                fast.idle.set()
+            if holds_slot:
+                self.route.bulkhead.release()
+                fast._untaken()
         router.record(self.module, self.route, reply, elapsed)
         fast.settled(reply, elapsed)
         if not reply.answered:
@@ -133,33 +137,71 @@ class FastPath:
             permit = route.breaker.acquire()
         except Exception:
             return False  # CIRCUIT_OPEN: the task path answers it
-        if not route.bulkhead.try_acquire():
-            permit.release()
-            return False  # the queue, by priority, is the task path's
         call = _Call(self, admission, route, permit, msg.reply)
-        envelope = admission.envelope
-        headers = router.forwarded_headers(msg) or {}
-        headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {admission.timeout:.6g}"
+        if not route.bulkhead.try_acquire():
+            if route.bulkhead.queued >= route.bulkhead.config.max_queue:
+                permit.release()
+                return False  # OVERLOADED: the task path answers it
+            self._taken()
+            self.spawn(self._queued(call, admission, msg))  # waits for a slot by priority
+            return True
         try:
-            await router.mux.forward(
-                router.subjects.module(admission.module, envelope.type),
-                envelope.payload_bytes,
-                admission.timeout + DIRECT_REPLY_GRACE,
-                headers,
-                call.settle,
-                direct=True,
-            )
+            await self._forward(call, admission, msg, admission.timeout)
         except BaseException as exc:  # not published: undo, and let the task path try
             permit.release()
             route.bulkhead.release()
             if isinstance(exc, Exception):
                 return False
             raise
-        router.routed += 1
+        self._taken()
+        return True
+
+    def _taken(self) -> None:
+        self.router.routed += 1
         self.taken += 1
         self.pending += 1
         self.idle.clear()
-        return True
+
+    def _untaken(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self.idle.set()
+
+    async def _forward(self, call: _Call, admission: Admission, msg: Msg, seconds: float) -> None:
+        router, envelope = self.router, admission.envelope
+        headers = router.forwarded_headers(msg) or {}
+        headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {seconds:.6g}"
+        await router.mux.forward(
+            router.subjects.module(admission.module, envelope.type),
+            envelope.payload_bytes,
+            seconds + DIRECT_REPLY_GRACE,
+            headers,
+            call.settle,
+            direct=True,
+        )
+
+    async def _queued(self, call: _Call, admission: Admission, msg: Msg) -> None:
+        """A call that found the bulkhead full: it waits in its priority queue, as on the task
+        path (waiting counts against its timeout), then goes out like any other fast call."""
+        loop = asyncio.get_running_loop()
+        waited_from = loop.time()
+        bulkhead = call.route.bulkhead
+        try:
+            await bulkhead.acquire(int(admission.envelope.priority), admission.timeout)
+        except CorralError as exc:  # no slot in time: our queue, not the module's fault
+            call.permit.release()
+            self._untaken()
+            call.finish(exception_reply(call.codec, call.type, exc), holds_slot=False, verdict=False)
+            return
+        except BaseException:
+            call.permit.release()
+            self._untaken()
+            raise
+        remaining = max(0.001, admission.timeout - (loop.time() - waited_from))
+        try:
+            await self._forward(call, admission, msg, remaining)
+        except Exception as exc:  # not published (closing): as on the task path, no verdict
+            call.finish(exception_reply(call.codec, call.type, exc), verdict=False)
 
     async def respond(self, reply_to: str, reply: Reply) -> None:
         try:

@@ -213,9 +213,13 @@ class CallRouter:
         except CircuitOpenError as exc:
             return exception_reply(codec, envelope.type, exc)
         deadline = asyncio.get_running_loop().time() + timeout
+        bulkhead = route.bulkhead
         try:
-            async with route.bulkhead.slot(int(envelope.priority), timeout):
+            await bulkhead.acquire(int(envelope.priority), timeout)
+            try:
                 reply = await self._call_with_retries(module, envelope, msg, codec, deadline, timeout)
+            finally:
+                bulkhead.release()
             self.judge(permit, reply, asyncio.get_running_loop().time() - (deadline - timeout))
             return reply
         except CorralError as exc:  # OVERLOADED or no slot in time: our queue, not the module's fault
