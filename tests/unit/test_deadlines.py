@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from corral.runtime.deadlines import Deadlines
-from corral.subjects import outcomes_subject
 
 
 async def test_deadlines_fire_once_in_order_never_early_and_cancelled_ones_never() -> None:
@@ -42,7 +41,3 @@ async def test_a_failing_callback_does_not_stop_the_others() -> None:
     deadlines.add(0.03, lambda: fired.append(2))
     await asyncio.sleep(0.08)
     assert fired == [1, 2]
-
-
-def test_a_module_reports_to_the_subject_the_orchestrator_listens_on() -> None:
-    assert outcomes_subject("_INBOX.abc123.42") == "_INBOX.abc123.outcomes"

@@ -33,6 +33,7 @@ from corral.orchestrator.subscriptions import Subscriptions
 from corral.policy import CallPolicy
 from corral.protocol import ModuleRegistration
 from corral.runtime import Endpoint, Reply, RequestContext, Service, ServiceSettings
+from corral.runtime.direct import direct_reply_enabled
 
 __all__ = ["OrchestratorService"]
 
@@ -84,9 +85,7 @@ class OrchestratorService(Service):
         if default_policy is None:
             default_policy = CallPolicy() if call_timeout is None else CallPolicy(timeout=call_timeout)
         self.default_policy = default_policy
-        if direct_reply is None:
-            direct_reply = os.environ.get("CORRAL_DIRECT_REPLY", "1").strip().lower() not in _OFF
-        self.direct_reply = direct_reply
+        self.direct_reply = direct_reply_enabled() if direct_reply is None else direct_reply
         self.router: CallRouter | None = None
         self.board: BreakerBoard | None = None
         self.subscriptions = Subscriptions()
@@ -247,9 +246,6 @@ class OrchestratorService(Service):
     async def _subscribe(self, req: Subscribe, ctx: RequestContext) -> dict[str, Any]:
         expires = self.subscriptions.add(req.type, req.ttl)
         return {"type": req.type, "subject": self.subjects.message_event(req.type), "expires_in": expires}
-
-
-_OFF = frozenset({"0", "false", "no", "off"})
 
 
 def _policies_from_config(path: str | None) -> dict[str, CallPolicy]:

@@ -36,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from nats.aio.client import Client
@@ -53,7 +54,7 @@ from corral.runtime.deadlines import Deadlines, Handle
 from corral.runtime.endpoints import Reply, error_reply
 from corral.subjects import outcomes_subject
 
-__all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies"]
+__all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies", "direct_reply_enabled"]
 
 log = logging.getLogger("corral.runtime")
 
@@ -61,6 +62,13 @@ log = logging.getLogger("corral.runtime")
 # that every instance of a module answers forwarded calls directly.
 DIRECT_REPLY_METADATA = "direct_reply"
 MAX_BATCH = 1000  # outcomes per report message (about 40 bytes each), far under max_payload
+
+
+def direct_reply_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """CORRAL_DIRECT_REPLY, default on; `0`/`false`/`no`/`off` turns it off, in the orchestrator
+    (it answers every call itself) and in SDK modules (they neither advertise nor honour it)."""
+    value = (os.environ if env is None else env).get("CORRAL_DIRECT_REPLY", "1")
+    return value.strip().lower() not in {"0", "false", "no", "off"}
 
 
 class DirectReplies:

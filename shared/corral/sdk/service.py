@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from corral.errors import CallTimeoutError
 from corral.protocol import ErrorCode, ModuleRegistration, codec_for
 from corral.runtime import Reply, RequestContext, Service, ServiceSettings, error_reply
-from corral.runtime.direct import DIRECT_REPLY_METADATA
+from corral.runtime.direct import DIRECT_REPLY_METADATA, direct_reply_enabled
 from corral.runtime.endpoints import RawHandler, typed_handler
 from corral.sdk.control import add_control_endpoints, call_hook
 from corral.sdk.limits import Limiter
@@ -71,6 +71,7 @@ class ModuleService(Service):
         for hook in self.module.start_hooks:
             await call_hook(hook, self)
         await adopt_stored_config(self)  # before serving: a (re)start runs the live config
+        direct = direct_reply_enabled()
         for handler in self.module.handlers.values():
             self.add_endpoint(
                 handler.type,
@@ -79,9 +80,10 @@ class ModuleService(Service):
                 response_type=handler.type,
                 metadata={
                     "idempotent": "true" if handler.idempotent else "false",
-                    DIRECT_REPLY_METADATA: "true",  # tells the orchestrator (corral.runtime.direct)
+                    # tells the orchestrator (corral.runtime.direct)
+                    DIRECT_REPLY_METADATA: "true" if direct else "false",
                 },
-                direct_reply=True,
+                direct_reply=direct,
             )
         add_control_endpoints(self)
 
