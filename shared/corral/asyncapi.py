@@ -38,6 +38,8 @@ def channels() -> list[Channel]:
     from corral.orchestrator.config_rollout import ConfigChange, ConfigGet, ConfigRollback, ConfigSet
     from corral.orchestrator.leader import LeaderEvent
     from corral.orchestrator.service import BreakerReset, Subscribe
+    from corral.scheduler.recurring_api import RecurringAdd, RecurringName
+    from corral.scheduler.recurring_runner import TickEvent
     from corral.scheduling import messages as sched
     from corral.state import messages as state
     from corral.state.changes import Change
@@ -69,6 +71,9 @@ def channels() -> list[Channel]:
         ("dlq_show", "dlq.show", sched.DlqIdRequest, "One dead letter."),
         ("dlq_retry", "dlq.retry", sched.DlqIdRequest, "Queue a dead-lettered task again."),
         ("dlq_purge", "dlq.purge", sched.DlqPurgeRequest, "Delete one dead letter, or all."),
+        ("recurring_add", "recurring.add", RecurringAdd, "Store a recurring task (interval or cron)."),
+        ("recurring_list", "recurring.list", None, "Every recurring task, its next tick and counts."),
+        ("recurring_remove", "recurring.remove", RecurringName, "Remove a recurring task added by API."),
     ]
     scheduler = [
         *(
@@ -104,6 +109,14 @@ def channels() -> list[Channel]:
             "{prefix}.evt.task.{kind}",
             "retrying, failed, cancelled, dlq_retried (stream CORRAL_EVENTS).",
             sched.TaskDone,
+            None,
+            "publish",
+        ),
+        Channel(
+            "recurring_tick",
+            "{prefix}.evt.task.recurring.{name}",
+            "What one scheduler replica did with one tick of a recurring task (stream CORRAL_EVENTS).",
+            TickEvent,
             None,
             "publish",
         ),

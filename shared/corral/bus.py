@@ -46,6 +46,7 @@ __all__ = [
     "events_stream_spec",
     "publish_durable",
     "request",
+    "round_trip",
 ]
 
 log = logging.getLogger("corral.bus")
@@ -360,3 +361,16 @@ async def request(
                 raise
             await asyncio.sleep(delay)
     return await nc.request(subject, data, timeout=max(deadline - loop.time(), 0.001), headers=headers)
+
+
+async def round_trip(nc: Client, timeout: int = 10) -> None:
+    """Return once the server has processed every command sent on `nc` before this call.
+
+    nats-py 2.16's `flush()` writes its PING straight to the socket, ahead of commands still
+    queued for its flusher task (such as the SUB of a subscription just made), so its PONG can
+    come back before the server has that SUB, and a request sent at once gets "no responders".
+    By the time the first PONG is back the flusher has written its queue, so a second PING cannot
+    overtake anything sent before this call.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
+from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
+from cronsim import CronSim, CronSimError
 
 from corral.errors import ConfigError
 from corral.policy import BreakerConfig, BulkheadConfig, CallPolicy
+from corral.protocol import parse_priority
 from corral.subjects import DEFAULT_PREFIX, SERVICES, validate_token
 
 __all__ = [
     "ModuleConfig",
     "NatsConfig",
+    "RecurringConfig",
     "ResourceLimits",
+    "SchedulerConfig",
     "ServiceConfig",
     "SystemConfig",
     "load_config",
+    "parse_duration",
     "start_layers",
 ]
 
+T = TypeVar("T")
 _DURATION = re.compile(r"^\d+(ms|s|m|h)$")
 Port = Annotated[int, msgspec.Meta(ge=-1, le=65535)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -78,6 +87,112 @@ class ResourceLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return over
 
 
+_DURATION_PARTS = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: float | str, field: str) -> float:
+    """Seconds from a number or a duration such as "90s", "5m", "1h30m", "1d"; ValueError naming `field`."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().replace(" ", "")
+        parts = _DURATION_PARTS.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ValueError(
+                f"{field} {value!r} is not a duration: use seconds (30) or a string like '30s', '5m', "
+                "'1h30m', '1d'"
+            )
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not seconds > 0:
+        raise ValueError(f"{field} must be more than 0 seconds, got {value!r}")
+    return seconds
+
+
+Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
+
+
+class RecurringConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[scheduler.recurring.<name>]`: a task submitted on an interval or a cron expression.
+
+    Ticks are computed from the schedule alone (intervals are aligned to the Unix epoch), so
+    every scheduler replica computes the same ones; each tick is submitted with the idempotency
+    key `recurring:<name>:<tick>`, so it runs once however many replicas submit it.
+    """
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
+    payload: Any = {}
+    every: float | str | None = None  # seconds, or "30s", "5m", "1h", "1d"
+    cron: str | None = None  # 5 fields (minute ... weekday), or 6 with seconds first
+    timezone: str = "UTC"  # the zone cron fields are read in
+    priority: int | str = 2
+    capabilities: list[str] = []
+    # Skip a tick (and count it) while the machine is over either figure (psutil); unset: never.
+    max_cpu_percent: Percent | None = None
+    max_memory_percent: Percent | None = None
+    # A tick up to this old is still submitted (after a restart or an outage); older ones are missed.
+    grace: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        # msgspec appends "- at `$.<path>`" to these messages; each names its field.
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("set exactly one of every (an interval) and cron (an expression)")
+        if self.every is not None:
+            self.every = _at(_interval, self.every, "every")
+        zone = _at(_zone, self.timezone, "timezone")
+        if self.cron is not None:
+            _at(_check_cron, self.cron, zone, field="cron")
+        self.priority = int(parse_priority(self.priority))
+        for n, capability in enumerate(self.capabilities):
+            _at(validate_token, capability, "capability", field=f"capabilities[{n}]")
+
+    @property
+    def interval(self) -> float | None:
+        return None if self.every is None else float(self.every)
+
+
+def _at(check: Callable[..., T], *args: Any, field: str | None = None) -> T:
+    """`check(*args)`; a ValueError it raises gets `field` (default: the last arg) as its path."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise ValueError(f"{exc} - at `$.{field or args[-1]}`") from None
+
+
+def _interval(value: float | str, field: str) -> float:
+    # Ticks at least a second apart keep `recurring:<name>:<whole seconds>` one key per tick.
+    seconds = parse_duration(value, field)
+    if seconds < 1:
+        raise ValueError(f"{field} must be at least 1 second, got {value!r}")
+    return seconds
+
+
+def _zone(name: str, field: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{field} {name!r} is not an IANA time zone such as 'UTC' or 'Europe/Paris'"
+        ) from None
+
+
+def _check_cron(expression: str, zone: tzinfo) -> None:
+    try:
+        CronSim(expression, datetime.now(zone))
+    except CronSimError as exc:
+        raise ValueError(
+            f"cron {expression!r} is not a cron expression ({exc}): use 5 fields "
+            "'minute hour day month weekday' such as '*/5 * * * *', or 6 with seconds first"
+        ) from None
+
+
+class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[scheduler]`: the task scheduler's part of corral.toml."""
+
+    recurring: dict[str, RecurringConfig] = {}
+
+
 class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`[modules.<name>]`: a module `corral up` starts (`process`, `wasm`) or only expects (`external`)."""
 
@@ -114,6 +229,7 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     services: dict[str, ServiceConfig] = {}
     modules: dict[str, ModuleConfig] = {}
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     root: str = "."  # the folder of corral.toml; set by load_config, not read from the file
     source: str = ""  # the path of corral.toml; set by load_config
 
@@ -182,10 +298,26 @@ def _decode(raw: bytes) -> SystemConfig:
         tables[section] = {
             name: _convert(body, kind, f"$.{section}.{name}") for name, body in entries.items()
         }
+    recurring = _recurring_tables(document)
     config = msgspec.convert(document, SystemConfig)
     config.modules = tables["modules"]
     config.services = tables["services"]
+    config.scheduler.recurring = recurring
     return config
+
+
+def _recurring_tables(document: dict[str, Any]) -> dict[str, RecurringConfig]:
+    """`[scheduler.recurring.<name>]`, converted one by one for `$.scheduler.recurring.<name>` paths."""
+    scheduler = document.get("scheduler", {})
+    if not isinstance(scheduler, dict):
+        raise msgspec.ValidationError("Expected a table - at `$.scheduler`")
+    entries = scheduler.pop("recurring", {})
+    if not isinstance(entries, dict):
+        raise msgspec.ValidationError("Expected a table of recurring tasks - at `$.scheduler.recurring`")
+    return {
+        name: _convert(body, RecurringConfig, f"$.scheduler.recurring.{name}")
+        for name, body in entries.items()
+    }
 
 
 def _convert(body: Any, kind: type[Any], path: str) -> Any:
@@ -221,6 +353,8 @@ def validate(config: SystemConfig) -> None:
             raise ValueError(
                 f'module {name!r}: file and sandbox are for kind = "wasm" - at `$.modules.{name}.kind`'
             )
+    for name in config.scheduler.recurring:
+        validate_token(name, f"recurring task name [scheduler.recurring.{name}]")
     start_layers(config.modules)
 
 

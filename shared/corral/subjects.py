@@ -206,6 +206,11 @@ class Subjects:
         return self._lower("results")
 
     @property
+    def recurring_bucket(self) -> str:
+        """Recurring task schedules added through the API (corral.toml ones are not stored)."""
+        return self._lower("recurring")
+
+    @property
     def state_bucket(self) -> str:
         return self._lower("state")
 

@@ -3,9 +3,11 @@ nats-server, with short leases and backoffs so retries and redeliveries happen w
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 
 from corral.scheduling.settings import SchedulerSettings
@@ -25,7 +27,16 @@ FAST = SchedulerSettings(
 
 async def call(nc: Client, prefix: str, verb: str, body: Any = None) -> dict[str, Any]:
     data = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    msg = await nc.request(f"{prefix}.scheduler.{verb}", data, timeout=10)
+    for attempt in range(3):
+        try:
+            msg = await nc.request(f"{prefix}.scheduler.{verb}", data, timeout=10)
+            break
+        except nats.errors.NoRespondersError:
+            # nats-server 2.15 now and then answers "no responders" to the first request after
+            # another connection's SUB + flush (about 1 in 100 under load).
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
     reply: dict[str, Any] = json.loads(msg.data)
     return reply
 

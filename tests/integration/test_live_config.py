@@ -9,14 +9,16 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import api
 
+from corral.bus import request as bus_request
+from corral.live_config import ConfigDocument
 from corral.orchestrator.service import OrchestratorService
 from corral.runtime import ServiceSettings
 from corral.sdk import Module
@@ -58,16 +60,7 @@ def compiler(settings: ServiceSettings, instance: str) -> Instance:
 
 
 async def request(nc: Client, subject: str, body: Any) -> dict[str, Any]:
-    for attempt in range(3):
-        try:
-            msg = await nc.request(subject, json.dumps(body).encode(), timeout=15)
-            break
-        except nats.errors.NoRespondersError:
-            # nats-server 2.15 now and then answers "no responders" to the first request after
-            # another connection's SUB + flush (about 1 in 100 under load, with plain nats-py too).
-            if attempt == 2:
-                raise
-            await asyncio.sleep(0.1)
+    msg = await bus_request(nc, subject, json.dumps(body).encode(), timeout=15)
     reply: dict[str, Any] = json.loads(msg.data)
     return reply
 
@@ -307,3 +300,61 @@ async def test_get_of_a_module_running_its_defaults_and_of_an_unknown_one(
     errors = await api_.fails("get", {"module": "nobody"}, "NOT_FOUND")
     assert "has no config" in errors[0]
     await api_.fails("history", {"module": "compiler"}, "NOT_FOUND")
+
+
+async def test_an_instance_that_missed_the_broadcast_applies_the_committed_version(
+    system: tuple[Api, list[Instance]], nc: Client, prefix: str
+) -> None:
+    api_, instances = system
+    await api_.ok("set", {"module": "compiler", "values": {"max_depth": 64}})
+    # A version committed while an instance was starting reaches it through its watch of the key
+    # (written here straight to KV, as the orchestrator commits it).
+    kv = await nc.jetstream().key_value(f"{prefix}_config")
+    document = ConfigDocument(module="compiler", version=2, values={"max_depth": 70}, time=0.0, source="set")
+    await kv.put("compiler", msgspec.json.encode(document))
+    for _ in range(100):
+        if all(inst.module.config_version == 2 for inst in instances):
+            break
+        await asyncio.sleep(0.02)
+    assert [inst.module.config for inst in instances] == [CompilerSettings(max_depth=70)] * 2
+    # Each instance applied each version once: the broadcast's, then the watch's.
+    assert [[s.max_depth for s in inst.seen] for inst in instances] == [[64, 70], [64, 70]]
+
+
+async def test_an_instance_too_slow_to_answer_fails_the_set_and_ends_on_the_old_config(
+    settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    module = Module("compiler")
+
+    @module.on_config
+    async def configure(config: CompilerSettings) -> None:
+        if config.max_depth == 777:
+            await asyncio.sleep(1.0)  # longer than the orchestrator waits
+
+    api_ = Api(nc, prefix)
+    async with OrchestratorService(settings, initial_config={}) as orchestrator, module.service(settings):
+        assert orchestrator.config_rollout is not None
+        orchestrator.config_rollout.apply_timeout = 0.3
+        await api_.ok("set", {"module": "compiler", "values": {"max_depth": 64}})
+        errors = await api_.fails("set", {"module": "compiler", "values": {"max_depth": 777}}, "UNAVAILABLE")
+        assert errors == [
+            "1 of 1 instances of 'compiler' did not answer within 0.3s; "
+            "module 'compiler' keeps its config; nothing was committed"
+        ]
+        await asyncio.sleep(1.2)  # the slow hook finishes, then the old config is put back after it
+        assert module.config == CompilerSettings(max_depth=64)
+        assert module.config_version == 1
+        assert (await api_.ok("get", {"module": "compiler"}))["version"] == 1
+
+
+async def test_the_system_file_named_by_corral_config_seeds_the_config(
+    settings: ServiceSettings, nc: Client, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system_file = tmp_path / "corral.toml"
+    system_file.write_text(
+        '[modules.compiler]\nkind = "external"\n\n[modules.compiler.config]\nmax_depth = 7\n'
+    )
+    monkeypatch.setenv("CORRAL_CONFIG", str(system_file))
+    async with OrchestratorService(settings):
+        view = await Api(nc, prefix).ok("history", {"module": "compiler"})
+    assert [(v["version"], v["values"], v["source"]) for v in view] == [(1, {"max_depth": 7}, "corral.toml")]

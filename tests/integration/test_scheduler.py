@@ -7,7 +7,6 @@ this process, with short leases and backoffs (see scheduler_helpers.FAST)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from corral.scheduler.service import SchedulerService
 from corral.scheduling.ids import id_for_key
 from corral.scheduling.settings import SchedulerSettings
 from corral.sdk import Client, TaskCancelledError, TaskContext, TaskFailedError, Worker
+from corral.tracing import traceparent_var
 from tests.integration.scheduler_helpers import FAST, call, fails, ok
 
 
@@ -110,7 +110,8 @@ def make_worker(  # noqa: C901 - one small closure per task type
         return ctx.attempt
 
     @worker.task("progress")
-    async def progress(ctx: TaskContext, payload: dict[str, int]) -> str:
+    async def progress(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        await asyncio.sleep(payload.get("pause", 0))  # long enough to be announced as started
         for i in range(payload["steps"]):
             await ctx.progress(100 * (i + 1) / payload["steps"], {f"k{i}": i})
         return "done"
@@ -241,6 +242,16 @@ async def test_a_full_queue_refuses_with_overloaded_and_its_depth(
         message = await fails(nc, prefix, "submit_many", {"tasks": [{"type": "echo"}] * 2}, "OVERLOADED")
         assert "3 tasks queued" in message
         assert len((await ok(nc, prefix, "list", {}))["tasks"]) == 3
+        # A worker started with other settings declares what is missing, never the queue's limits.
+        other = Worker("other", settings=settings, scheduler=FAST)
+
+        @other.task("other")
+        async def nothing(ctx: TaskContext, payload: Any) -> None:
+            return None
+
+        async with other:
+            info = await nc.jetstream().stream_info(f"{prefix.upper()}_TASKS")
+        assert info.config.max_msgs == 3
 
 
 # --- priorities -----------------------------------------------------------------------------------
@@ -339,25 +350,25 @@ async def test_a_poison_task_is_dead_lettered_after_exactly_max_retries_plus_one
 async def test_retries_wait_for_their_backoff(
     client: Client, settings: ServiceSettings, nc: NatsClient, prefix: str
 ) -> None:
-    started: list[float] = []
+    moments: list[tuple[str, float]] = []
 
-    async def on_started(msg: Msg) -> None:
-        started.append(time.monotonic())
+    async def on_event(msg: Msg) -> None:
+        moments.append((msg.subject.rsplit(".", 1)[-1], time.monotonic()))
 
-    handle_sub = None
+    subs = [await nc.subscribe(f"{prefix}.task.*.{kind}", cb=on_event) for kind in ("retry", "done")]
     rec = Recorder()
     async with make_worker(settings, rec):
         handle = await client.submit(
             "flaky", {"fail_times": 2}, max_retries=3, backoff={"initial": 0.2, "multiplier": 2, "jitter": 0}
         )
-        handle_sub = await nc.subscribe(f"{prefix}.task.{handle.id}.started", cb=on_started)
         assert await handle.result(timeout=10) == 3
-    await handle_sub.unsubscribe()
-    gaps = [b - a for a, b in itertools.pairwise(started)]
-    assert len(started) >= 2
-    assert (
-        gaps[-1] >= 0.35
-    )  # the second retry waited 0.4 s (first retry's start may precede the subscription)
+        await wait_for(lambda: len(moments) == 3)
+    for sub in subs:
+        await sub.unsubscribe()
+    assert [kind for kind, _ in moments] == ["retry", "retry", "done"]
+    (_, first), (_, second), (_, done) = moments
+    assert second - first >= 0.19  # the first retry waited 0.2 s
+    assert done - second >= 0.39  # the second 0.4 s
 
 
 async def test_dlq_retry_and_purge(
@@ -408,7 +419,7 @@ async def test_checkpoint_is_resume_state_after_a_redelivery(
 async def test_progress_deltas_snapshots_and_the_end(client: Client, settings: ServiceSettings) -> None:
     rec = Recorder()
     async with make_worker(settings, rec):
-        handle = await client.submit("progress", {"steps": 25}, delay=0.3)  # time to subscribe first
+        handle = await client.submit("progress", {"steps": 25, "pause": 0.3}, delay=0.3)  # time to subscribe
         updates = [u async for u in handle.updates()]
     kinds = [u.kind for u in updates]
     assert kinds.count("progress") == 25
@@ -564,6 +575,22 @@ async def test_traceparent_reaches_the_worker_and_its_events(
     assert seen == [traceparent]
 
 
+async def test_a_submission_made_while_serving_a_trace_continues_it(
+    client: Client, settings: ServiceSettings
+) -> None:
+    serving = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        token = traceparent_var.set(serving)  # as the runtime does for the request it serves
+        try:
+            handle = await client.submit("trace", {})
+        finally:
+            traceparent_var.reset(token)
+        result = await handle.result(timeout=5)
+    assert result["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert result["traceparent"] != serving  # a child span of the request, not the request itself
+
+
 async def test_status_counts_queued_tasks_by_priority(
     scheduler: SchedulerService, nc: NatsClient, prefix: str
 ) -> None:
@@ -574,3 +601,134 @@ async def test_status_counts_queued_tasks_by_priority(
     assert status["max_queued"] == FAST.max_queued
     reply = await call(nc, prefix, "workers")
     assert reply["payload"]["workers"] == []
+
+
+async def test_stopping_a_worker_lets_running_tasks_finish_and_hands_back_the_rest(
+    client: Client, settings: ServiceSettings
+) -> None:
+    rec = Recorder()
+    short = msgspec.structs.replace(settings, drain_timeout=0.5)
+    worker = make_worker(short, rec, concurrency=2)
+    await worker.start()
+    quick = await client.submit("slow", {"seconds": 0.3})
+    stuck = await client.submit("block", {})
+    await asyncio.wait_for(rec.started.wait(), 5)
+    await wait_for(lambda: len(worker.running.running) == 2)  # both are running
+    await worker.stop()  # drains: `quick` finishes, `stuck` is NAKed back at the drain timeout
+    assert (await quick.record()).status == "succeeded"
+    assert (await stuck.record()).status != "succeeded"
+    rec.gate.set()
+    async with make_worker(settings, rec):
+        assert await stuck.result(timeout=3) == "unblocked"  # at once, not after ack_wait
+
+
+async def test_a_lost_worker_s_task_is_redelivered_after_its_lease_with_its_checkpoint(
+    client: Client, settings: ServiceSettings
+) -> None:
+    alone = msgspec.structs.replace(settings, instance="lost-1", metrics_port=-1)
+    lost = Worker("lost", settings=alone, scheduler=FAST)
+    resumed: list[Any] = []
+
+    @lost.task("long")
+    async def long_lost(ctx: TaskContext, payload: Any) -> None:
+        await ctx.checkpoint({"done": 7})
+        await asyncio.Event().wait()  # never returns: its process is about to vanish
+
+    await lost.start()
+    handle = await client.submit("long", {})
+    await wait_for(lambda: bool(lost.running.running), 5)
+    await asyncio.sleep(0.1)
+    # The worker vanishes without a word (as under kill -9): its connection just closes.
+    gone = lost.running
+    for loop_task in [*gone._loops, gone._heartbeat_task]:
+        assert loop_task is not None
+        loop_task.cancel()
+    await gone.nc.close()
+    survivor = Worker(
+        "survivor", settings=msgspec.structs.replace(settings, instance="survivor-1"), scheduler=FAST
+    )
+
+    @survivor.task("long")
+    async def long_resumed(ctx: TaskContext, payload: Any) -> Any:
+        resumed.append((ctx.attempt, ctx.resume_state))
+        return ctx.resume_state
+
+    async with survivor:
+        assert await handle.result(timeout=FAST.ack_wait + 5) == {"done": 7}
+    for running in list(gone.running.values()):
+        running.task.cancel()
+    assert resumed == [(2, {"done": 7})]
+    assert (await handle.record()).worker == "survivor-1"
+
+
+async def test_results_of_many_tasks_in_order(client: Client, settings: ServiceSettings) -> None:
+    rec = Recorder()
+    async with make_worker(settings, rec, concurrency=8):
+        items: list[dict[str, Any]] = [{"type": "echo", "payload": {"i": i}} for i in range(200)]
+        items.insert(7, {"type": "fail", "max_retries": 0})
+        handles = await client.submit_many(items)
+        results = await client.results(handles, timeout=10)
+    assert [r.id for r in results] == [h.id for h in handles]
+    assert results[7].status == "failed"
+    assert [r.result for r in results[:7] + results[8:]] == [{"i": i} for i in range(200)]
+
+
+async def test_held_tasks_survive_their_scheduler_and_another_replica_adopts_them(
+    nc: NatsClient, prefix: str, settings: ServiceSettings
+) -> None:
+    client = Client(nc, prefix=prefix)
+    rec = Recorder()
+    first = SchedulerService(msgspec.structs.replace(settings, instance="sched-a"), FAST)
+    second = SchedulerService(msgspec.structs.replace(settings, instance="sched-b"), FAST)
+    await first.start()
+    async with make_worker(settings, rec, concurrency=2):
+        blocker = await client.submit("block", {})
+        dependent = await client.submit("note", {"n": "after the blocker"}, dependencies=[blocker])
+        assert len(first.held) == 1
+        await second.start()
+        await first.stop()  # the replica that held it is gone
+        await wait_for(lambda: len(second.held) == 1, 5)
+        rec.gate.set()
+        await dependent.result(timeout=5)
+        await second.stop()
+    assert rec.names() == ["after the blocker"]
+
+
+async def test_not_before_holds_a_task_until_its_time(client: Client, settings: ServiceSettings) -> None:
+    import datetime
+
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        when = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=0.4)
+        handle = await client.submit("note", {"n": "later"}, not_before=when)
+        assert (await handle.record()).status == "scheduled"
+        await handle.result(timeout=5)
+        record = await handle.record()
+    assert record.started is not None
+    assert record.started >= when.timestamp()
+
+
+async def test_a_task_longer_than_the_lease_keeps_it(client: Client, settings: ServiceSettings) -> None:
+    short_lease = msgspec.structs.replace(FAST, ack_wait=0.6)
+    rec = Recorder()
+    async with make_worker(settings, rec, sched=short_lease), make_worker(settings, rec, sched=short_lease):
+        handle = await client.submit("slow", {"seconds": 1.5})  # 2.5 leases
+        assert await handle.result(timeout=5) == 1  # attempt 1 finished: never redelivered
+    assert [(t, a) for t, _, a, _ in rec.runs] == [("slow", 1)]
+
+
+async def test_a_slow_reader_loses_deltas_but_not_snapshots_or_the_end(
+    client: Client, settings: ServiceSettings
+) -> None:
+    rec = Recorder()
+    async with make_worker(settings, rec):
+        handle = await client.submit("progress", {"steps": 400, "pause": 0.3}, delay=0.3)
+        updates = []
+        async for update in handle.updates():
+            updates.append(update)
+            await asyncio.sleep(0.005)  # slower than the task publishes
+    kinds = [u.kind for u in updates]
+    assert kinds.count("progress") < 400  # deltas were dropped ...
+    assert kinds.count("snapshot") == 40  # ... snapshots were not
+    assert kinds[-1] == "done"
+    assert updates[-1].data.result == "done"

@@ -12,10 +12,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from corral.runtime import ServiceSettings
 from corral.scheduler.service import SchedulerService
-from corral.sdk import TaskContext, Worker
+from corral.sdk import Client, TaskContext, Worker
 from tests.integration.scheduler_helpers import FAST
 
 
@@ -51,7 +52,9 @@ async def system(settings: ServiceSettings) -> AsyncIterator[None]:
         yield
 
 
-async def test_submit_wait_task_tasks_and_workers(system: None, nats_url: str, prefix: str) -> None:
+async def test_submit_wait_task_tasks_and_workers(
+    system: None, nats_url: str, prefix: str, nc: NatsClient
+) -> None:
     code, out, err = await corral(
         nats_url, prefix, "submit", "echo", '{"x": 1}', "--priority", "high", "--wait"
     )
@@ -60,7 +63,7 @@ async def test_submit_wait_task_tasks_and_workers(system: None, nats_url: str, p
     code, out, err = await corral(nats_url, prefix, "submit", "echo", '{"y": 2}', "--name", "second")
     assert code == 0, err
     task_id = out.strip()
-    await asyncio.sleep(0.3)
+    await Client(nc, prefix=prefix).results([task_id], timeout=10)
     code, out, err = await corral(nats_url, prefix, "task", task_id)
     assert code == 0, err
     record = json.loads(out)

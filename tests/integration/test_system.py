@@ -146,3 +146,20 @@ def test_cli_breakers_and_status_show_call_statistics(corral_up: CorralUp, nats_
     unknown = corral("breaker", "reset", "ghost")
     assert unknown.returncode == 1
     assert "NOT_FOUND: no breaker for module 'ghost'; breakers: interpreter" in unknown.stderr
+
+
+def test_the_demo_worker_runs_tasks_submitted_from_the_cli(corral_up: CorralUp, nats_url: str) -> None:
+    env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
+    done = subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", "submit", "flaky", '{"fail_times": 1}', "--wait"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"attempts": 2}
+    workers = subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", "workers"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert workers.returncode == 0, workers.stderr
+    assert "demo" in workers.stdout
+    assert "echo, fail, flaky, sleep" in workers.stdout

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from corral.orchestrator.leader import Lease, LeaseView
+import pytest
+
+from corral.orchestrator.leader import Leadership, Lease, LeaseView
+from corral.subjects import Subjects
 
 
 def lease(holder: str = "a", ttl: float = 3.0, term: str = "t1") -> Lease:
@@ -49,3 +52,25 @@ def test_a_deleted_key_is_free_at_once() -> None:
     view.observe(5, lease(), now=0.0)
     view.observe(6, None, now=0.5)
     assert view.expired(0.5)
+
+
+def test_the_leader_gives_up_before_any_standby_may_take_over() -> None:
+    """The leader's validity (from when it sent its write) ends `margin` before the earliest moment
+    a standby (which saw the write no earlier than it was sent) may judge the lease lapsed."""
+    leadership = Leadership(None, Subjects("t"), "a", ttl=3.0)  # type: ignore[arg-type]
+    sent = 100.0
+    standby = LeaseView()
+    standby.observe(9, lease(ttl=leadership.ttl), now=sent)  # the earliest it can see the write
+    leader_valid_until = sent + leadership.ttl - leadership.margin
+    assert not standby.expired(leader_valid_until)
+    assert not standby.expired(leader_valid_until + leadership.margin - 1e-9)
+    # It renews several times within its validity, so one lost renewal costs nothing.
+    assert leadership.renew_interval * 2 < leadership.ttl - leadership.margin
+    assert leadership.poll_interval < leadership.ttl
+
+
+def test_bad_lease_timings_are_refused() -> None:
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        Leadership(None, Subjects("t"), "a", ttl=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"margin must be in \[0, ttl\)"):
+        Leadership(None, Subjects("t"), "a", ttl=2.0, margin=2.0)  # type: ignore[arg-type]

@@ -146,3 +146,39 @@ async def test_progress_publishes_deltas_and_a_merged_snapshot_every_n() -> None
     assert ctx.cancel_reason == "stop"
     assert ctx.is_last_attempt
     await asyncio.sleep(0)
+
+
+def test_routes_of_one_level_take_turns_and_urgency_comes_first() -> None:
+    from typing import cast
+
+    from corral.sdk.puller import Puller
+    from corral.subjects import Subjects
+
+    routes = ["a", "b"]
+    puller = Puller(
+        cast(Any, None), cast(Any, None), Subjects("t"), SchedulerSettings(), routes, lambda m: None
+    )
+    puller.queues = [
+        TaskQueueView(p, r, f"p{p}_{r}", "next", f"inbox.{p}.{r}", position=routes.index(r))
+        for r in routes
+        for p in (0, 2)
+    ]
+    firsts = []
+    for _ in range(4):
+        order = [v.name for v in puller.order()]
+        assert order[:2] in (["p0_a", "p0_b"], ["p0_b", "p0_a"])  # critical before normal, always
+        firsts.append(order[2])
+    assert firsts == ["p2_a", "p2_b", "p2_a", "p2_b"] or firsts == ["p2_b", "p2_a", "p2_b", "p2_a"]
+
+
+def test_worker_concurrency_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.sdk import Worker
+    from corral.sdk.worker import _concurrency
+
+    worker = Worker("w", concurrency=8)
+    assert _concurrency(worker) == 8
+    monkeypatch.setenv("CORRAL_WORKER_CONCURRENCY", "64")
+    assert _concurrency(worker) == 64
+    monkeypatch.setenv("CORRAL_WORKER_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="CORRAL_WORKER_CONCURRENCY"):
+        _concurrency(worker)

@@ -6,6 +6,9 @@
 
 The language and what the generated Lisp means are described in algol.py. A syntax error is the
 caller's: VALIDATION, with line and column. Run it standalone with `python examples/modules/compiler`.
+
+Live config: `corral config set compiler max_depth=20` limits how deeply programs may nest, at
+once, in every running instance.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Annotated
 
 import msgspec
 from algol import AlgolSyntaxError, compile_algol
+from algol_parser import MAX_NESTING
 
 from corral.sdk import Module, ValidationError
 
@@ -27,6 +31,17 @@ LANGUAGES = ("algol",)
 class CompileRequest(msgspec.Struct, forbid_unknown_fields=True):
     source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_CHARS)]
     language: str = "algol"
+
+
+class CompilerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Nesting levels (blocks, statements, parentheses) a program may use. Past 64, a deeply
+    # parenthesised expression would exhaust Python's stack in the recursive parser.
+    max_depth: Annotated[int, msgspec.Meta(ge=1, le=64)] = MAX_NESTING
+
+
+@module.on_config
+def configure(config: CompilerConfig) -> None:
+    """Declares the config type; `compile` reads `module.config` on every call."""
 
 
 class CompileReply(msgspec.Struct):
@@ -43,7 +58,8 @@ async def compile_(req: CompileRequest) -> CompileReply:
         )
     try:
         # A thread keeps heartbeats and other requests flowing while a large program compiles.
-        compiled = await asyncio.to_thread(compile_algol, req.source)
+        config: CompilerConfig = module.config
+        compiled = await asyncio.to_thread(compile_algol, req.source, max_depth=config.max_depth)
     except AlgolSyntaxError as exc:
         raise ValidationError(str(exc)) from exc
     return CompileReply(compiled.lisp, list(compiled.variables))

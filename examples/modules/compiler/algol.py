@@ -48,7 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from algol_codegen import assigned_variables, generate
-from algol_parser import parse
+from algol_parser import MAX_NESTING, parse
 from algol_tokens import AlgolSyntaxError, tokenize
 
 __all__ = ["AlgolSyntaxError", "Compiled", "compile_algol"]
@@ -60,7 +60,8 @@ class Compiled:
     variables: tuple[str, ...]  # assigned names, in order of first assignment
 
 
-def compile_algol(source: str) -> Compiled:
-    """Compile ``source``; raises AlgolSyntaxError (with line and column) and nothing else."""
-    program = parse(tokenize(source))
+def compile_algol(source: str, *, max_depth: int = MAX_NESTING) -> Compiled:
+    """Compile ``source``, nested at most ``max_depth`` levels; raises AlgolSyntaxError (with line
+    and column) and nothing else."""
+    program = parse(tokenize(source), max_depth)
     return Compiled(generate(program), tuple(assigned_variables(program)))

@@ -55,16 +55,17 @@ RELATIONS = frozenset({"=", "<>", "<", ">", "<=", ">="})
 T = TypeVar("T")
 
 
-def parse(tokens: list[Token]) -> Program:
-    """The program the tokens spell (the last token must be EOF)."""
-    return _Parser(tokens).program()
+def parse(tokens: list[Token], max_nesting: int = MAX_NESTING) -> Program:
+    """The program the tokens spell (the last token must be EOF), nested at most `max_nesting` deep."""
+    return _Parser(tokens, max_nesting).program()
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
+    def __init__(self, tokens: list[Token], max_nesting: int) -> None:
         self.tokens = tokens
         self.position = 0
         self.depth = 0
+        self.max_nesting = max_nesting
 
     # -- token helpers
 
@@ -92,10 +93,10 @@ class _Parser:
         )
 
     def nested(self, parse: Callable[[], T]) -> T:
-        """Run ``parse`` one nesting level deeper; refuse more than MAX_NESTING levels."""
-        if self.depth >= MAX_NESTING:
+        """Run ``parse`` one nesting level deeper; refuse more than ``max_nesting`` levels."""
+        if self.depth >= self.max_nesting:
             token = self.peek()
-            raise AlgolSyntaxError(f"nesting deeper than {MAX_NESTING} levels", token.line, token.column)
+            raise AlgolSyntaxError(f"nesting deeper than {self.max_nesting} levels", token.line, token.column)
         self.depth += 1
         try:
             return parse()

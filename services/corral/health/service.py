@@ -33,12 +33,13 @@ from corral.health.api import HealthApi
 from corral.health.board import Evaluation, HealthBoard, LimitViolation
 from corral.health.history import EventQuery, EventRecord, query_events
 from corral.health.picture import picture
-from corral.health.probes import run_round
+from corral.health.probes import Prober
 from corral.health.registry import InstanceRegistry, InstanceView
 from corral.health.settings import HealthSettings
 from corral.health.verdicts import Thresholds, VerdictChange
 from corral.protocol import Heartbeat
 from corral.runtime import RequestContext, Service, ServiceSettings
+from corral.runtime.heartbeat import next_beat
 
 __all__ = ["HealthService"]
 
@@ -79,6 +80,7 @@ class HealthService(Service):
         self.api = HealthApi(self)
         self._decoder = msgspec.json.Decoder(Heartbeat)
         self._subscription: Subscription | None = None
+        self._prober: Prober | None = None
         self._loop: asyncio.Task[None] | None = None
         self._event_ids = itertools.count(1)
         self._boot = f"{self.instance}-{int(time.time() * 1000)}"
@@ -104,6 +106,8 @@ class HealthService(Service):
             )
             self.metrics.registry.register(_BoardCollector(self.metrics.prefix, self.board))
         await self.api.start()
+        self._prober = Prober(self.nc, self.subjects)
+        await self._prober.start()
         self._loop = asyncio.create_task(self._run(), name="health-loop")
 
     def add_http_routes(self, app: web.Application) -> None:
@@ -115,6 +119,8 @@ class HealthService(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
         await self.api.stop()
+        if self._prober is not None:
+            await self._prober.stop()
         if self._subscription is not None:
             await self._subscription.unsubscribe()
 
@@ -126,22 +132,27 @@ class HealthService(Service):
 
     # --- the loop --------------------------------------------------------------------------------
     async def _run(self) -> None:
+        # Ticks fall a quarter of a tick after the heartbeat boundaries (every process beats on
+        # them, corral.runtime.heartbeat.next_beat), once that round of heartbeats is in.
         tick = min(self.settings.heartbeat_interval, self.health.check_interval)
+        offset = tick / 4
         next_round = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
                 if loop.time() >= next_round:
-                    next_round = loop.time() + self.health.check_interval
+                    next_round = loop.time() + self.health.check_interval - offset
                     await self._check_round()
                 await self.evaluate()
             except Exception as exc:  # one bad round must not stop health monitoring
                 log.warning("health round failed: %r", exc)
-            await asyncio.sleep(tick)
+            now = time.time()
+            await asyncio.sleep(next_beat(now - offset, tick) + offset - now)
 
     async def _check_round(self) -> None:
+        assert self._prober is not None
         views = [v for v in self.registry.views() if v.alive]
-        results = await run_round(self.nc, self.subjects, views, self.health.check_timeout)
+        results = await self._prober.run_round(views, self.health.check_timeout)
         for (service, instance), (failing, checks) in results.items():
             self.board.record_round(service, instance, failing, checks)
 

@@ -145,9 +145,9 @@ class ConfigRollout:
                 log.info("config of %s seeded from corral.toml", module)
                 instances = await self._instances(module)
                 if instances:
-                    failures = (await self._push(module, values, 1, len(instances)))[1]
-                    for failure in failures:
-                        log.warning("module %s did not take its corral.toml config: %s", module, failure)
+                    _, refusals, _ = await self._push(module, values, 1, len(instances))
+                    for refusal in refusals:
+                        log.warning("module %s did not take its corral.toml config: %s", module, refusal)
                 await self._publish(self._change(document, None, [i.instance for i in instances]))
 
     # --- endpoints -----------------------------------------------------------------------------
@@ -246,29 +246,37 @@ class ConfigRollout:
     async def _apply(
         self, module: str, values: dict[str, Any], version: int, instances: list[ConfigSchema]
     ) -> None:
-        """Send `values` to every instance; if any refuses, put the accepting ones back and raise."""
-        accepted, failures = await self._push(module, values, version, len(instances))
-        if not failures:
+        """Send `values` to every instance; if any refuses or is silent, put the others back and raise."""
+        accepted, refusals, silent = await self._push(module, values, version, len(instances))
+        if not refusals and not silent:
             return
-        if accepted:
+        if accepted or silent:
             # The instances reported their config a moment ago; that is what they go back to.
+            # (A silent one may yet apply the new config; it gets the old one after it.)
             old = instances[0]
-            _, undo_failures = await self._push(module, old.config, old.config_version, len(instances))
-            for failure in undo_failures:
-                log.error("module %s: could not restore the previous config: %s", module, failure)
-        raise ValidationError(*failures, f"module {module!r} keeps its config; nothing was committed")
+            _, undo_refusals, undo_silent = await self._push(
+                module, old.config, old.config_version, len(instances)
+            )
+            for problem in [*undo_refusals, *([f"{undo_silent} silent"] if undo_silent else [])]:
+                log.error("module %s: could not restore the previous config: %s", module, problem)
+        kept = f"module {module!r} keeps its config; nothing was committed"
+        if refusals:
+            raise ValidationError(*refusals, kept)
+        raise UnavailableError(
+            f"{silent} of {len(instances)} instances of {module!r} did not answer within "
+            f"{self.apply_timeout:g}s; {kept}"
+        )
 
     async def _resync(self, module: str) -> None:
         """After losing a commit race: make the instances run what is committed."""
         _, committed = await self.store.current(module)
-        if committed is not None:
+        instances = await self._instances(module)
+        if committed is not None and instances:
             with contextlib.suppress(Exception):
-                await self._push(module, committed.values, committed.version, None)
+                await self._push(module, committed.values, committed.version, len(instances))
 
-    async def _push(
-        self, module: str, config: Any, version: int, expect: int | None
-    ) -> tuple[int, list[str]]:
-        """(instances that accepted, reasons of the others) for one `config` broadcast."""
+    async def _push(self, module: str, config: Any, version: int, expect: int) -> tuple[int, list[str], int]:
+        """One `config` broadcast: (instances that accepted, the others' reasons, how many were silent)."""
         replies = await self._scatter(
             self.subjects.modctl(module, "config"),
             _encode(config),
@@ -277,19 +285,17 @@ class ConfigRollout:
             wait=self.apply_timeout,
         )
         accepted = 0
-        failures = []
+        refusals: list[str] = []
         for data in replies:
             reply = _decode_reply(data)
             if reply.success:
                 accepted += 1
-            else:
-                error = _decode_error(reply.payload)
-                failures.append("; ".join(error.errors) or error.code)
-        if expect is not None and len(replies) < expect:
-            failures.append(
-                f"{expect - len(replies)} of {expect} instances did not answer within {self.apply_timeout:g}s"
-            )
-        return accepted, failures
+                continue
+            error = _decode_error(reply.payload)
+            reason = "; ".join(error.errors) or error.code
+            if reason not in refusals:  # every instance of one type refuses a bad type alike
+                refusals.append(reason)
+        return accepted, refusals, max(0, expect - len(replies))
 
     async def _instances(self, module: str) -> list[ConfigSchema]:
         """The `schema` reply of every running SDK instance of the module."""

@@ -1,7 +1,8 @@
 """The call path's fast lane: a call to a direct-reply module, without a task.
 
 Most calls are plain: a module whose instances answer directly (corral.runtime.direct), a
-closed breaker, no retries, nobody subscribed to the type. Such a call with a free bulkhead
+closed breaker, no retries, nobody subscribed to the type, no per-request span or DEBUG line
+wanted (those come from the task path's Service._serve). Such a call with a free bulkhead
 slot is admitted and forwarded inside the subscription callback (one that must queue waits in
 the bulkhead's priority queue in a small task of its own), and settled by a callback when the
 module's outcome report (or a timeout, or a stray reply) arrives: no task, no coroutine
@@ -111,9 +112,10 @@ class _Call:
 
 
 class FastPath:
-    def __init__(self, router: CallRouter, settled: Settled) -> None:
+    def __init__(self, router: CallRouter, settled: Settled, bypass: Callable[[], bool]) -> None:
         self.router = router
         self.settled = settled
+        self.bypass = bypass  # True: decline everything (per-request spans or DEBUG lines wanted)
         self.pending = 0  # calls forwarded and not yet settled
         self.idle = asyncio.Event()
         self.idle.set()
@@ -123,7 +125,7 @@ class FastPath:
     async def accept(self, msg: Msg) -> bool:
         """Take the request if it qualifies (see the module docstring); False: use the task path."""
         router = self.router
-        if not msg.reply or router.watched_types:
+        if not msg.reply or router.watched_types or self.bypass():
             return False
         try:
             admission = router.admit(msg)

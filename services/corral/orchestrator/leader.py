@@ -56,6 +56,9 @@ DEFAULT_TTL: Final = 6.0  # seconds a lease lasts without renewal
 
 ChangeCallback = Callable[[bool], Awaitable[None]]
 
+# JetStream's "wrong last sequence" error codes (kv.delete does not translate them as update does).
+_WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+
 
 class Lease(msgspec.Struct, kw_only=True):
     """The value of a lease key. The wall-clock times are for people; expiry never reads them."""
@@ -221,15 +224,13 @@ class Leadership(Component):
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]
-        revision, was_leading = self._revision, self._term is not None
-        if was_leading:
+        term = self._term
+        if term is not None:
             self._lose("stepping down" if step_down else "stopped")
         await self._drain_notifications()
-        if was_leading and step_down and self._kv is not None:
+        if term is not None and step_down:
             try:
-                await asyncio.wait_for(self._kv.delete(self.name, last=revision), self.renew_interval)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # someone else holds it already
+                await self._release(term)
             except Exception as exc:
                 log.warning("could not release lease %s: %r (it lapses in %.1fs)", self.name, exc, self.ttl)
         if self._notify_task is not None:
@@ -239,6 +240,22 @@ class Leadership(Component):
         if self._publishing:
             await asyncio.wait(self._publishing, timeout=2.0)
         self._loop_task = self._watch_task = self._notify_task = None
+
+    async def _release(self, term: str) -> None:
+        """Delete the key if it still holds `term` (CAS), so a standby need not wait for a lapse."""
+        assert self._kv is not None
+        revision = self._revision
+        for _ in range(2):
+            try:
+                await self._call(self._kv.delete(self.name, last=revision))
+                return
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+            # A renewal cancelled by stop() may have landed after all: look before giving up.
+            revision, lease = await self._read()
+            if lease is None or lease.term != term:
+                return  # someone else holds it already
 
     # --- the election loop ------------------------------------------------------------------------
     async def _run(self) -> None:

@@ -136,7 +136,7 @@ class OrchestratorService(Service):
             assert send is not None
             self.account(send, reply, seconds)
 
-        self.fast = FastPath(self.router, settled)
+        self.fast = FastPath(self.router, settled, lambda: self.observes_each_request)
         send = self.add_endpoint(
             "send", self.subjects.send_all, self.router.handle, response_type="send", accept=self.fast.accept
         )

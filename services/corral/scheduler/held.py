@@ -1,7 +1,9 @@
 """Tasks held back by the scheduler: waiting for dependencies, or for their `not_before` time.
 
 A held task has its record (status waiting or scheduled) and an index key `held.<id>` in KV
-`corral_tasks`, so a restarted scheduler rebuilds this registry from KV. It is released onto
+`corral_tasks`, so a restarted scheduler rebuilds this registry from KV, and every replica
+adopts the held tasks of one that stopped. Releasing or cancelling a held task first claims it
+(deletes its index key at the revision read), so of several replicas exactly one acts. It is released onto
 the queue when every dependency has succeeded and its time has come; a dependency that failed
 or was cancelled cancels it, and that cascades to its own dependents.
 
@@ -38,8 +40,17 @@ StatusOf = Callable[[str], Awaitable[Status | None]]
 
 
 class HeldTasks:
-    def __init__(self, release: Release, cancel: Cancel, status_of: StatusOf, *, interval: float) -> None:
+    def __init__(
+        self,
+        release: Release,
+        cancel: Cancel,
+        status_of: StatusOf,
+        *,
+        refresh: Callable[[], Awaitable[int]] | None = None,
+        interval: float,
+    ) -> None:
         self._release = release
+        self._refresh = refresh
         self._cancel = cancel
         self._status_of = status_of
         self.interval = interval
@@ -67,6 +78,9 @@ class HeldTasks:
                     if not waiting:
                         del self.dependents[dep]
         return held
+
+    def has_dependents(self) -> bool:
+        return bool(self.dependents)
 
     def is_awaited(self, task_id: str) -> bool:
         return task_id in self.dependents
@@ -150,6 +164,8 @@ class HeldTasks:
                     await self._release_due()
                 if time.monotonic() - last_reconcile >= self.interval:
                     last_reconcile = time.monotonic()
+                    if self._refresh is not None:
+                        await self._refresh()
                     await self.reconcile()
             except Exception as exc:  # JetStream restarting: try again next pass
                 log.warning("held tasks pass failed: %r", exc)

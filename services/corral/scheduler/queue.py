@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -16,6 +18,7 @@ from corral.subjects import Subjects
 __all__ = ["TaskQueue"]
 
 _encode = msgspec.json.Encoder().encode
+KICK_WINDOW = 0.002  # seconds
 MAX_MESSAGES_EXCEEDED = 10077  # JetStream: "maximum messages exceeded" (discard=new, stream full)
 # A publish the stream refuses because it is full reports one of these.
 _FULL_CODES = {MAX_MESSAGES_EXCEEDED, 10027, 10047, 10028}
@@ -33,6 +36,9 @@ class TaskQueue:
         self.nc = nc
         self.js = js
         self.publisher = publisher
+        self._kicked: dict[tuple[int, str], float] = {}  # queue -> when it was last kicked
+        self._deferred: set[tuple[int, str]] = set()
+        self._sending: set[asyncio.Future[None]] = set()
         self.subjects = subjects
         self.settings = settings
 
@@ -77,5 +83,23 @@ class TaskQueue:
         return acks
 
     async def kick(self, queues: set[tuple[int, str]]) -> None:
-        for priority, route in queues:
-            await self.nc.publish(self.subjects.task_kick(priority, route))
+        """Wake idle workers of these queues. At most one kick per queue per KICK_WINDOW: a
+        stream of single submits would otherwise send every worker a message per task; one
+        asked for within the window is sent at its end."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for queue in queues:
+            elapsed = now - self._kicked.get(queue, -KICK_WINDOW)
+            if elapsed >= KICK_WINDOW:
+                self._kicked[queue] = now
+                await self.nc.publish(self.subjects.task_kick(*queue))
+            elif queue not in self._deferred:
+                self._deferred.add(queue)
+                loop.call_later(KICK_WINDOW - elapsed, self._deferred_kick, queue)
+
+    def _deferred_kick(self, queue: tuple[int, str]) -> None:
+        self._deferred.discard(queue)
+        self._kicked[queue] = asyncio.get_running_loop().time()
+        task = asyncio.ensure_future(self.nc.publish(self.subjects.task_kick(*queue)))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from corral.bus import ensure_stream, events_stream_spec
+from corral.config import RecurringConfig
 from corral.errors import NotFoundError, UnavailableError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.runtime import RequestContext, Service, ServiceSettings
@@ -31,6 +32,14 @@ from corral.scheduler.dlq import DeadLetters
 from corral.scheduler.held import HeldTasks
 from corral.scheduler.monitor import Monitor, Workers
 from corral.scheduler.queue import TaskQueue
+from corral.scheduler.recurring_api import register_recurring_endpoints
+from corral.scheduler.recurring_runner import (
+    RecurringRunner,
+    TickCollector,
+    TickSubmission,
+    TickSubmitted,
+    recurring_from_env,
+)
 from corral.scheduler.submit import Submitter
 from corral.scheduling.messages import (
     FINAL,
@@ -53,7 +62,7 @@ from corral.scheduling.publisher import AsyncPublisher
 from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import LEVELS
 from corral.scheduling.settings import SchedulerSettings
-from corral.scheduling.store import TaskStore
+from corral.scheduling.store import TaskStore, overlay
 
 __all__ = ["SchedulerService"]
 
@@ -85,14 +94,20 @@ def _jetstream_errors(func: Callable[..., Awaitable[R]]) -> Callable[..., Awaita
 
 class SchedulerService(Service):
     def __init__(
-        self, settings: ServiceSettings | None = None, scheduler: SchedulerSettings | None = None
+        self,
+        settings: ServiceSettings | None = None,
+        scheduler: SchedulerSettings | None = None,
+        *,
+        recurring: dict[str, RecurringConfig] | None = None,
     ) -> None:
+        """`recurring`: the schedules of corral.toml (default: from the `CORRAL_CONFIG` file)."""
         super().__init__(
             "scheduler", settings=settings, description="corral scheduler: durable priority task queue"
         )
         self.scheduler_settings = scheduler or SchedulerSettings.from_env()
         self.workers = Workers(expiry=max(10.0, 5 * self.settings.heartbeat_interval))
         self._subs: list[Subscription] = []
+        self._outcome_subs: list[Subscription] = []
         self._store: TaskStore | None = None
         self._queue: TaskQueue | None = None
         self._held: HeldTasks | None = None
@@ -101,6 +116,8 @@ class SchedulerService(Service):
         self._monitor: Monitor | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._gauges = False
+        self._recurring_configured = recurring
+        self.recurring: RecurringRunner | None = None
 
     # --- wiring ---------------------------------------------------------------------------------
     @property
@@ -126,19 +143,18 @@ class SchedulerService(Service):
         self._store = TaskStore(self.js, subjects, buckets, publisher)
         self._queue = TaskQueue(self.nc, self.js, subjects, s, publisher)
         self._held = HeldTasks(
-            self._release, self._cancel_held, self.store.status, interval=min(2.0, s.monitor_interval)
+            self._release,
+            self._cancel_held,
+            self.store.status,
+            refresh=self._adopt_held,
+            interval=min(2.0, s.monitor_interval),
         )
-        self._submitter = Submitter(s, self.store, self._queue, self._held)
+        self._submitter = Submitter(s, self.store, self._queue, self._held, self._sync_outcome_watch)
         self._dlq = DeadLetters(self.js, subjects)
         self._monitor = Monitor(self.js, subjects.tasks_stream, self.workers, interval=s.monitor_interval)
         await self._load_held()
-        self._subs = [
-            await self.nc.subscribe(subjects.worker_heartbeats_all, cb=self.workers.on_heartbeat),
-            *[
-                await self.nc.subscribe(subjects.task_events_of(kind), cb=self._on_outcome)
-                for kind in ("done", "failed", "cancelled")
-            ],
-        ]
+        self._subs = [await self.nc.subscribe(subjects.worker_heartbeats_all, cb=self.workers.on_heartbeat)]
+        await self._sync_outcome_watch()
         await self._held.start()
         await self._monitor.start()
         if not self._gauges:
@@ -170,29 +186,80 @@ class SchedulerService(Service):
             ("dlq.purge", DlqPurgeRequest, self._dlq_purge),
         ):
             self.endpoint(verb, payload_type)(_jetstream_errors(handler))
+        await self._start_recurring()
 
     async def teardown(self) -> None:
-        for sub in self._subs:
+        if self.recurring is not None:
+            await self.recurring.stop()
+        for sub in [*self._subs, *self._outcome_subs]:
             await sub.unsubscribe()
-        self._subs = []
+        self._subs, self._outcome_subs = [], []
         if self._held is not None:
             await self._held.stop()
         if self._monitor is not None:
             await self._monitor.stop()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
+        if self._submitter is not None:
+            await self._submitter.flush()
 
     async def _load_held(self) -> None:
         """Rebuild the registry of held tasks from their index keys in KV."""
-        for task_id in await self.store.keys("held"):
+        adopted = await self._adopt_held()
+        if adopted:
+            log.info("holding %d tasks from before the restart", adopted)
+            await self.held.reconcile()
+
+    async def _adopt_held(self) -> int:
+        """Hold the tasks whose index key exists but which this replica does not know (held by a
+        replica that stopped); forget those another replica released or cancelled."""
+        keys = set(await self.store.keys("held"))
+        adopted = 0
+        for task_id in keys - set(self.held.tasks):
             record = await self.store.raw_record(task_id)
             if record is None or record.status in FINAL:
                 await self.store.unhold(task_id)
                 continue
-            self.held.add(record, set(record.dependencies))
-        if len(self.held):
-            log.info("holding %d tasks from before the restart", len(self.held))
-            await self.held.reconcile()
+            waiting = {d for d in record.dependencies if await self.store.status(d) is not Status.SUCCEEDED}
+            self.held.add(record, waiting)
+            adopted += 1
+        for task_id in set(self.held.tasks) - keys:
+            if time.time() - self.held.tasks[task_id].record.submitted > 5.0:  # not one being written
+                self.held.remove(task_id)
+        await self._sync_outcome_watch()
+        return adopted
+
+    # --- recurring tasks: corral.scheduler.recurring_runner, submitting through _submitter ------
+    async def _start_recurring(self) -> None:
+        if self._recurring_configured is None:
+            self._recurring_configured = recurring_from_env()
+        if self.recurring is None:  # once per process: restart() runs setup() again
+            self.metrics.registry.register(
+                TickCollector(self.metrics.prefix, lambda: self.recurring.trackers if self.recurring else {})
+            )
+        self.recurring = RecurringRunner(
+            self.nc,
+            self.js,
+            self.subjects,
+            self._submit_tick,
+            configured=self._recurring_configured,
+            instance=self.instance,
+        )
+        register_recurring_endpoints(self, self.recurring)
+        await self.recurring.start()
+
+    async def _submit_tick(self, tick: TickSubmission) -> TickSubmitted:
+        assert self._submitter is not None
+        request = SubmitRequest(
+            type=tick.type,
+            payload=tick.payload,
+            name=tick.name,
+            priority=tick.priority,
+            capabilities=tick.capabilities,
+            idempotency_key=tick.idempotency_key,
+        )
+        [reply] = await self._submitter.submit([request])
+        return TickSubmitted(reply.id, reply.duplicate)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -200,6 +267,22 @@ class SchedulerService(Service):
         task.add_done_callback(self._background.discard)
 
     # --- outcomes of tasks ----------------------------------------------------------------------
+    async def _sync_outcome_watch(self) -> None:
+        """Listen to the end events of tasks only while some held task waits for one: otherwise
+        every task's done event would cost the scheduler a message. The subscription is made
+        before the dependency is queued (same connection, so the server has it first); the
+        held-task pass re-reads outcomes, covering anything missed in between."""
+        needed = self.held.has_dependents()
+        if needed and not self._outcome_subs:
+            self._outcome_subs = [
+                await self.nc.subscribe(self.subjects.task_events_of(kind), cb=self._on_outcome)
+                for kind in ("done", "failed", "cancelled")
+            ]
+        elif not needed and self._outcome_subs:
+            subs, self._outcome_subs = self._outcome_subs, []
+            for sub in subs:
+                await sub.unsubscribe()
+
     async def _on_outcome(self, msg: Msg) -> None:
         # Every task's done event lands here: only the id is read unless someone waits for it.
         parts = msg.subject.split(".")
@@ -211,19 +294,26 @@ class SchedulerService(Service):
 
     async def _release(self, records: list[TaskRecord]) -> None:
         assert self._queue is not None
-        specs = [r.spec for r in records]
-        acks = await self._queue.enqueue(specs)
+        claims = await asyncio.gather(*(self.store.claim(r.id) for r in records))
+        records = [r for r, mine in zip(records, claims, strict=True) if mine]
+        if not records:
+            return
+        # The queued record replaces the held one only if no worker has written since (a fast
+        # task may finish before this write lands).
+        revisions = await asyncio.gather(*(self.store.revision(r.id) for r in records))
+        acks = await self._queue.enqueue([r.spec for r in records])
         now = time.time()
         writes = [
-            self.store.put_async(msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now))
-            for r, ack in zip(records, acks, strict=True)
+            await self.store.put_async(
+                msgspec.structs.replace(r, status=Status.QUEUED, seq=ack.seq, queued=now), expect=rev
+            )
+            for r, ack, rev in zip(records, acks, revisions, strict=True)
         ]
-        await asyncio.gather(*writes)
-        await asyncio.gather(*(self.store.unhold(r.id) for r in records))
+        await asyncio.gather(*writes, return_exceptions=True)
 
     async def _cancel_held(self, record: TaskRecord, reason: str) -> None:
-        await self._finish_cancelled(record, reason)
-        await self.store.unhold(record.id)
+        if await self.store.claim(record.id):
+            await self._finish_cancelled(record, reason)
 
     async def _finish_cancelled(self, record: TaskRecord, reason: str) -> None:
         now = time.time()
@@ -249,6 +339,8 @@ class SchedulerService(Service):
 
     async def _record(self, task_id: str) -> TaskRecord:
         record = await self.store.record(task_id)
+        if record is None and self._submitter is not None and task_id in self._submitter.pending:
+            record = overlay(self._submitter.pending[task_id], await self.store.result(task_id))
         if record is None:
             raise NotFoundError(f"no task {task_id!r}: `corral tasks` lists the tasks there are")
         return record
@@ -330,9 +422,10 @@ class SchedulerService(Service):
         letter = await self.dlq.show(req.id)
         spec = letter.task
         await self.store.delete_result(spec.id)
+        revision = await self.store.revision(spec.id)
         acks = await self._queue.enqueue([spec], msg_ids=[f"{spec.id}.retry.{letter.seq}"])
         record = spec.record(status=Status.QUEUED, seq=acks[0].seq, queued=time.time())
-        await self.store.put(record)
+        await asyncio.gather(await self.store.put_async(record, expect=revision), return_exceptions=True)
         await self.dlq.remove(spec.id)
         event = _encode(
             TaskDone(id=spec.id, status=Status.QUEUED, reason="retried from the dead-letter queue")

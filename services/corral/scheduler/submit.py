@@ -1,13 +1,15 @@
 """Submission: validate a batch, give each task its id, hold or queue it, write its record.
 
-One batch costs one round of publishes to CORRAL_TASKS and one round of record writes, each
-waited for together, whatever its size.
+One batch costs one round of publishes to CORRAL_TASKS, waited for together whatever its size,
+before the reply; the records of queued tasks are written right after, without holding it up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from corral.errors import ValidationError
@@ -24,17 +26,28 @@ from corral.scheduling.messages import (
     TaskResult,
     TaskSpec,
 )
+from corral.scheduling.publisher import WRONG_LAST_SEQUENCE, PublishRefused
 from corral.scheduling.routing import route
 from corral.scheduling.settings import SchedulerSettings
 from corral.scheduling.store import TaskStore
 
 __all__ = ["Submitter"]
 
+log = logging.getLogger("corral.scheduler")
+
 
 class Submitter:
     def __init__(
-        self, settings: SchedulerSettings, store: TaskStore, queue: TaskQueue, held: HeldTasks
+        self,
+        settings: SchedulerSettings,
+        store: TaskStore,
+        queue: TaskQueue,
+        held: HeldTasks,
+        on_hold: Callable[[], Awaitable[None]],
     ) -> None:
+        self.on_hold = on_hold  # called after tasks are held, before their dependencies are queued
+        self.pending: dict[str, TaskRecord] = {}  # queued records whose write is in flight
+        self._writing: set[asyncio.Future[None]] = set()
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -89,6 +102,8 @@ class Submitter:
 
     async def _dependency_statuses(self, batch: _Batch) -> dict[str, Status | None]:
         """How the dependencies outside the batch stand; an unknown one is refused."""
+        if not any(r.dependencies for r in batch.requests):
+            return {}
         outside = sorted({d for r in batch.requests for d in r.dependencies if d not in batch.first_of})
         found = await asyncio.gather(*(self.store.status(d) for d in outside))
         statuses = dict(zip(outside, found, strict=True))
@@ -102,38 +117,73 @@ class Submitter:
         return statuses
 
     async def _queue_and_record(self, plan: _Plan, batch: _Batch, now: float) -> None:
-        # Held tasks are registered before anything is queued, so a dependency that finishes at
-        # once still finds its dependents.
         if len(batch.requests) > 1 and plan.ready:
             await self.queue.check_room(len(plan.ready))
+        # Held and cancelled tasks are stored before anything is queued, so a dependency that
+        # finishes at once finds its dependents, their index keys and their records.
+        writes: list[asyncio.Future[Any]] = []
         for record, waiting in plan.held:
             self.held.add(record, waiting)
+            writes.append(await self.store.put_async(record))
+            plan.replies[batch.first_of[record.id]] = Submitted(record.id, record.status)
+        for record in plan.cancelled:
+            writes.append(await self.store.put_async(record))
+            result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
+            writes.append(await self.store.put_result_async(result))
+            plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
+        if writes or plan.held:
+            await asyncio.gather(*writes, *(self.store.hold(record.id) for record, _ in plan.held))
+        if plan.held:
+            await self.on_hold()
         try:
             acks = await self.queue.enqueue(plan.ready) if plan.ready else []
         except Exception:
-            for record, _ in plan.held:
+            for record, _ in plan.held:  # the batch is refused whole
                 self.held.remove(record.id)
+                await self.store.unhold(record.id)
+                await self.store.delete_record(record.id)
             raise
-        writes: list[asyncio.Future[Any]] = []
+        queued: list[TaskRecord] = []
         for spec, ack in zip(plan.ready, acks, strict=True):
             index = batch.first_of[spec.id]
             if ack.duplicate and spec.idempotency_key:
                 plan.replies[index] = Submitted(spec.id, Status.QUEUED, duplicate=True)
                 continue
-            writes.append(self.store.put_async(spec.record(status=Status.QUEUED, seq=ack.seq, queued=now)))
+            queued.append(spec.record(status=Status.QUEUED, seq=ack.seq, queued=now))
             plan.replies[index] = Submitted(spec.id, Status.QUEUED)
-        for record, _ in plan.held:
-            writes.append(self.store.put_async(record))
-            plan.replies[batch.first_of[record.id]] = Submitted(record.id, record.status)
-        for record in plan.cancelled:
-            writes.append(self.store.put_async(record))
-            result = TaskResult(id=record.id, status=Status.CANCELLED, reason=record.reason, finished=now)
-            writes.append(self.store.put_result_async(result))
-            plan.replies[batch.first_of[record.id]] = Submitted(record.id, Status.CANCELLED)
-        await asyncio.gather(*writes)
-        if plan.held:
-            await asyncio.gather(*(self.store.hold(record.id) for record, _ in plan.held))
+        await self._record_queued(queued)
         self.submitted += len(plan.ready) + len(plan.held)
+
+    async def _record_queued(self, records: list[TaskRecord]) -> None:
+        """Write the records of queued tasks without holding up the reply: the task is durable
+        in CORRAL_TASKS already. Until their writes are acknowledged the records are served
+        from `pending`. Each write is create-only, so it never overwrites the final record of a
+        task a worker has already finished."""
+        if not records:
+            return
+        writes = []
+        for record in records:
+            self.pending[record.id] = record
+            writes.append(await self.store.put_async(record, create=True))
+        task = asyncio.ensure_future(self._settle(records, writes))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _settle(self, records: list[TaskRecord], writes: list[asyncio.Future[Any]]) -> None:
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        for record, outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not _already_written(outcome):
+                try:  # once more, then the record is the worker's to write
+                    await (await self.store.put_async(record, create=True))
+                except Exception as exc:
+                    if not _already_written(exc):
+                        log.warning("task %s: its queued record was not written: %r", record.id, exc)
+            self.pending.pop(record.id, None)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait for the record writes still in flight (the scheduler is stopping)."""
+        if self._writing:
+            await asyncio.wait(list(self._writing), timeout=timeout)
 
     async def _existing(self, batch: _Batch) -> dict[str, Status]:
         """Tasks of this batch whose idempotency key was used before (beyond the dedup window too)."""
@@ -142,6 +192,11 @@ class Submitter:
             return {}
         statuses = await asyncio.gather(*(self.store.status(task_id) for task_id in keyed))
         return {task_id: s for task_id, s in zip(keyed, statuses, strict=True) if s is not None}
+
+
+def _already_written(exc: BaseException) -> bool:
+    """A create-only write refused because the record exists (the worker wrote it first)."""
+    return isinstance(exc, PublishRefused) and exc.err_code == WRONG_LAST_SEQUENCE
 
 
 class _Batch:

@@ -10,8 +10,11 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["configure_logging", "current_trace_id", "trace_id_var"]
+from corral.tracing import trace_id_of, traceparent_var
 
+__all__ = ["configure_logging", "current_trace_id", "trace_id_from_traceparent", "trace_id_var"]
+
+# A trace id set without a traceparent (older callers); the current traceparent's wins.
 trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("corral_trace_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
@@ -20,15 +23,12 @@ _encoder = msgspec.json.Encoder()
 
 
 def current_trace_id() -> str | None:
-    return trace_id_var.get()
+    """The trace id of the request being served (read from its traceparent when asked, so a
+    request that logs nothing pays nothing for it)."""
+    return trace_id_of(traceparent_var.get()) or trace_id_var.get()
 
 
-def trace_id_from_traceparent(traceparent: str | None) -> str | None:
-    """W3C traceparent is `version-traceid-spanid-flags`; the trace id is the second field."""
-    if not traceparent:
-        return None
-    parts = traceparent.split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+trace_id_from_traceparent = trace_id_of
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if trace_id := trace_id_var.get():
+        if trace_id := current_trace_id():
             line["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):

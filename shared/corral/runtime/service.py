@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.micro.service import EndpointStats as MicroEndpointStats
 from nats.micro.service import ServiceConfig
 
-from corral.bus import connect
+from corral.bus import connect, round_trip
 from corral.component import Component
 from corral.protocol import (
     DIRECT_REPLY_HEADER,
@@ -36,11 +36,12 @@ from corral.protocol import (
 )
 from corral.runtime.direct import DirectReplies
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
-from corral.runtime.heartbeat import ProcessProbe
+from corral.runtime.heartbeat import HeartbeatEncoder, ProcessProbe, next_beat
 from corral.runtime.http import HttpEndpoint, ServiceMetrics
-from corral.runtime.logs import trace_id_from_traceparent, trace_id_var
+from corral.runtime.otel import RequestTracer, request_tracer
 from corral.runtime.settings import ServiceSettings
 from corral.subjects import Subjects
+from corral.tracing import traceparent_var
 
 __all__ = ["Service"]
 
@@ -88,6 +89,7 @@ class Service(Component):
         self._stop_lock = asyncio.Lock()
         self._handled = 0
         self._own_endpoints: int | None = None  # endpoints added before the first start()
+        self._tracer: RequestTracer | None = None  # OpenTelemetry spans, when configured (runtime.otel)
 
     # --- what subclasses use -------------------------------------------------------------------
     @property
@@ -168,6 +170,7 @@ class Service(Component):
         first_start = self._own_endpoints is None
         if first_start:
             self._own_endpoints = len(self.endpoints)
+            self._tracer = request_tracer(self.name, self.instance, self.version)
         self.started_at = time.time()
         bus = msgspec.structs.replace(self.settings.bus, name=f"{self.name}:{self.instance}")
         self._nc = await connect(bus)
@@ -190,8 +193,9 @@ class Service(Component):
             self.metrics.in_flight.set_function(lambda: self.in_flight)
         await self._register()
         # The endpoint subscriptions are only sent; a round trip makes sure the server has them
-        # before start() returns, so a caller told "started" does not get "no responders".
-        await self.nc.flush()
+        # before start() returns, so a caller told "started" does not get "no responders"
+        # (one nats-py flush() is not enough: see corral.bus.round_trip).
+        await round_trip(self.nc)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
         log.info(
             "%s %s started",
@@ -260,6 +264,12 @@ class Service(Component):
 
         return dispatch
 
+    @property
+    def observes_each_request(self) -> bool:
+        """A span (OpenTelemetry) or a DEBUG log line per request: an `accept` hook that cannot
+        give them should decline, so the request is served as usual."""
+        return self._tracer is not None or log.isEnabledFor(logging.DEBUG)
+
     def account(self, endpoint: Endpoint, reply: Reply, seconds: float) -> None:
         """Count a request that `endpoint.accept` took, once it is settled."""
         endpoint.record(reply, int(seconds * 1e9))
@@ -280,7 +290,32 @@ class Service(Component):
 
     async def _serve(self, endpoint: Endpoint, msg: Msg) -> None:
         headers = msg.headers
-        trace_id_var.set(trace_id_from_traceparent(headers.get(TRACEPARENT_HEADER)) if headers else None)
+        # The request's traceparent is this task's: its log lines carry the trace id, and
+        # calls made on its behalf continue the trace (corral.tracing).
+        if self._tracer is None:
+            traceparent_var.set(headers.get(TRACEPARENT_HEADER) if headers else None)
+            reply, elapsed_ns = await self._serve_request(endpoint, msg)
+        else:
+            with self._tracer.span(endpoint.name, msg.subject, headers) as span:
+                traceparent_var.set(span.traceparent)
+                reply, elapsed_ns = await self._serve_request(endpoint, msg)
+                span.outcome(reply.code)
+        self._handled += 1
+        self.metrics.observe_request(endpoint.name, reply.code, elapsed_ns / 1e9)
+        if log.isEnabledFor(logging.DEBUG):  # CORRAL_LOG_LEVEL=DEBUG: a line per request
+            log.debug(
+                "served %s: %s in %.3f ms",
+                msg.subject,
+                reply.code,
+                elapsed_ns / 1e6,
+                extra={"endpoint": endpoint.name, "outcome": reply.code},
+            )
+        if not reply.answered:
+            await self._respond(msg, reply)
+
+    async def _serve_request(self, endpoint: Endpoint, msg: Msg) -> tuple[Reply, int]:
+        """The endpoint's handler; a call forwarded for direct reply answers its caller itself."""
+        headers = msg.headers
         if (
             endpoint.direct_reply
             and headers
@@ -291,12 +326,8 @@ class Service(Component):
             reply, elapsed_ns = await self._direct.serve(
                 msg, direct, endpoint.response_type, lambda: endpoint.serve(msg)
             )
-        else:
-            reply, elapsed_ns = await endpoint.serve(msg)
-            if not reply.answered:
-                await self._respond(msg, reply)
-        self._handled += 1
-        self.metrics.observe_request(endpoint.name, reply.code, elapsed_ns / 1e9)
+            return reply._replace(answered=True), elapsed_ns
+        return await endpoint.serve(msg)
 
     async def _respond(self, msg: Msg, reply: Reply) -> None:
         if not msg.reply:
@@ -321,38 +352,46 @@ class Service(Component):
         return {}
 
     async def _heartbeat_loop(self) -> None:
+        # What this costs every process every second is the cost of monitoring (see
+        # corral.runtime.heartbeat and bench/health_overhead.py): one wake-up, one publish.
         probe = ProcessProbe()
         subject = self.subjects.heartbeat(self.name, self.instance)
-        codec = codec_for(None)
+        interval = self.settings.heartbeat_interval
+        encoder = HeartbeatEncoder(
+            Heartbeat(
+                service=self.name,
+                instance=self.instance,
+                role=self.role,
+                version=self.version,
+                pid=probe.process.pid,
+                host=probe.host,
+                started=self.started_at,
+                timestamp=0.0,
+                cpu_percent=0.0,
+                rss_bytes=0,
+                threads=0,
+                open_fds=0,
+                in_flight=0,
+                handled=0,
+                ready=False,
+                metrics_url=self.metrics_url,
+                service_id=self._micro.id if self._micro is not None else "",
+                modctl=self.has_control_verbs,
+            )
+        )
         while True:
             try:
                 cpu, rss, threads, fds = probe.read()
-                beat = Heartbeat(
-                    service=self.name,
-                    instance=self.instance,
-                    role=self.role,
-                    version=self.version,
-                    pid=probe.process.pid,
-                    host=probe.host,
-                    started=self.started_at,
-                    timestamp=time.time(),
-                    cpu_percent=cpu,
-                    rss_bytes=rss,
-                    threads=threads,
-                    open_fds=fds,
-                    in_flight=self.in_flight,
-                    handled=self._handled,
-                    ready=self.readiness()[0],
-                    metrics_url=self.metrics_url,
-                    service_id=self._micro.id if self._micro is not None else "",
-                    modctl=self.has_control_verbs,
+                data = encoder.encode(
+                    time.time(), cpu, rss, threads, fds, self.in_flight, self._handled, self.readiness()[0]
                 )
                 if self.nc.is_connected:
-                    await self.nc.publish(subject, codec.encode(beat))
+                    await self.nc.publish(subject, data)
                     self.metrics.heartbeats.inc()
             except Exception as exc:  # a heartbeat must never kill the service
                 log.warning("heartbeat failed: %r", exc)
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            now = time.time()
+            await asyncio.sleep(next_beat(now, interval) - now)
 
     async def stop(self) -> None:
         """Drain: stop taking requests, finish those in flight (up to drain_timeout), disconnect.

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Final
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Ack", "AsyncPublisher", "PublishRefused"]
+__all__ = ["EXPECT_NEW", "WRONG_LAST_SEQUENCE", "Ack", "AsyncPublisher", "PublishRefused"]
+
+# Headers of a create-only KV write, and the error JetStream answers when the key exists.
+EXPECT_NEW: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
+WRONG_LAST_SEQUENCE: Final = 10071
 
 
 class Ack(msgspec.Struct):
@@ -55,7 +60,7 @@ class AsyncPublisher:
         self.nc = nc
         self.timeout = timeout
         self._prefix = ""
-        self._futures: dict[str, asyncio.Future[Ack]] = {}
+        self._pending: dict[str, tuple[asyncio.Future[Ack], asyncio.TimerHandle]] = {}
         self._counter = itertools.count()
         self._sub: Subscription | None = None
 
@@ -64,8 +69,12 @@ class AsyncPublisher:
         self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack)
 
     async def _on_ack(self, msg: Msg) -> None:
-        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
-        if future is None or future.done():
+        pending = self._pending.pop(msg.subject[len(self._prefix) :], None)
+        if pending is None:
+            return
+        future, timer = pending
+        timer.cancel()
+        if future.done():
             return
         if not msg.data:  # a status message: 503 no responders (no stream takes this subject)
             status = (msg.headers or {}).get("Status", "")
@@ -82,33 +91,30 @@ class AsyncPublisher:
         else:
             future.set_result(Ack(reply.stream, reply.seq, reply.duplicate))
 
+    def _expire(self, token: str) -> None:
+        pending = self._pending.pop(token, None)
+        if pending is not None and not pending[0].done():
+            pending[0].set_exception(
+                TimeoutError(f"JetStream did not acknowledge a publish within {self.timeout}s")
+            )
+
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future[Ack]:
-        """Send now; the returned future holds the acknowledgement (TimeoutError after `timeout`)."""
+        """Send now; the returned future holds the acknowledgement (TimeoutError after `timeout`).
+        A future and a timer per publish, no task: this is on every task's path."""
         if self._sub is None:
             await self._start()
         token = str(next(self._counter))
-        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._futures[token] = future
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Ack] = loop.create_future()
+        self._pending[token] = (future, loop.call_later(self.timeout, self._expire, token))
         await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
         return future
 
     async def wait(self, futures: list[asyncio.Future[Ack]]) -> list[Ack | BaseException]:
-        """Every acknowledgement (or its error), within `timeout` for the lot."""
-        if not futures:
-            return []
-        _done, pending = await asyncio.wait(futures, timeout=self.timeout)
-        outcomes: list[Ack | BaseException] = []
-        for future in futures:
-            if future in pending:
-                future.cancel()
-                outcomes.append(TimeoutError("JetStream did not acknowledge a publish in time"))
-            else:
-                outcomes.append(future.exception() or future.result())
-        for token in [t for t, f in self._futures.items() if f.done()]:
-            del self._futures[token]
-        return outcomes
+        """Every acknowledgement, or its error."""
+        return list(await asyncio.gather(*futures, return_exceptions=True))
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import nats.js.errors
 from nats.js import JetStreamContext
 
 from corral.bus import ConsumerSpec, KVSpec, StreamSpec, ensure_kv, ensure_stream
@@ -70,11 +71,32 @@ class Buckets:
         self.results = results
 
 
-async def ensure_resources(js: JetStreamContext, subjects: Subjects, settings: SchedulerSettings) -> Buckets:
-    await ensure_stream(js, tasks_stream_spec(subjects, settings))
-    await ensure_stream(js, dlq_stream_spec(subjects, settings))
-    tasks = await ensure_kv(js, KVSpec(bucket=subjects.tasks_bucket, replicas=settings.replicas))
-    results = await ensure_kv(
-        js, KVSpec(bucket=subjects.results_bucket, ttl=settings.result_ttl, replicas=settings.replicas)
+async def ensure_resources(
+    js: JetStreamContext, subjects: Subjects, settings: SchedulerSettings, *, owner: bool = True
+) -> Buckets:
+    """Declare the streams and buckets. The scheduler (`owner`) creates or updates them to its
+    settings; a worker only creates what is missing, so a worker started with other settings
+    never changes the queue's limits."""
+    streams = (tasks_stream_spec(subjects, settings), dlq_stream_spec(subjects, settings))
+    kvs = (
+        KVSpec(bucket=subjects.tasks_bucket, replicas=settings.replicas),
+        KVSpec(bucket=subjects.results_bucket, ttl=settings.result_ttl, replicas=settings.replicas),
     )
-    return Buckets(tasks, results)
+    handles = []
+    if owner:
+        for stream in streams:
+            await ensure_stream(js, stream)
+        for kv in kvs:
+            handles.append(await ensure_kv(js, kv))
+        return Buckets(*handles)
+    for stream in streams:
+        try:
+            await js.stream_info(stream.name)
+        except nats.js.errors.NotFoundError:
+            await ensure_stream(js, stream)
+    for kv in kvs:
+        try:
+            handles.append(await js.key_value(kv.bucket))
+        except nats.js.errors.BucketNotFoundError:
+            handles.append(await ensure_kv(js, kv))
+    return Buckets(*handles)

@@ -35,7 +35,7 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, frozen=True):
     aging: Positive = 60.0  # seconds of waiting that make a task one level more urgent
     snapshot_every: Annotated[int, msgspec.Meta(ge=1)] = 10  # progress deltas between full snapshots
     idle_poll: Positive = 1.0  # seconds an idle worker waits for a kick before looking anyway
-    recheck: Annotated[float, msgspec.Meta(ge=0)] = 0.01  # seconds an empty queue is not asked again
+    recheck: Annotated[float, msgspec.Meta(ge=0)] = 0.05  # seconds an empty queue is not asked again
     monitor_interval: Positive = 2.0  # seconds between the scheduler's consumer checks
     running_record_after: Annotated[float, msgspec.Meta(ge=0)] = (
         0.25  # a task running longer gets a record write

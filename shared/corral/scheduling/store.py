@@ -1,7 +1,8 @@
 """Reading and writing task records (KV `corral_tasks`) and results (KV `corral_results`).
 
 Writes that can wait for their acknowledgement together go through `put_async`: a JetStream
-publish on the bucket's subject, so a batch of records costs one round trip, not one each.
+publish on the bucket's subject that returns a future, so a batch of records costs one round
+trip, not one each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from corral.scheduling.messages import FINAL, Status, TaskRecord, TaskResult
-from corral.scheduling.publisher import Ack, AsyncPublisher
+from corral.scheduling.publisher import EXPECT_NEW, Ack, AsyncPublisher
 from corral.scheduling.resources import CHECKPOINT_KEY, HELD_KEY, RECORD_KEY, Buckets
 from corral.subjects import Subjects
 
@@ -78,21 +79,36 @@ class TaskStore:
         record = await self.record(task_id)
         return None if record is None else record.status
 
-    def put_async(self, record: TaskRecord) -> asyncio.Future[Any]:
+    async def put_async(
+        self, record: TaskRecord, *, create: bool = False, expect: int | None = None
+    ) -> asyncio.Future[Ack]:
+        """Send the record now; await the returned future (with others) for its acknowledgement.
+        `create`: only if there is no record yet; `expect`: only if the record is still at that
+        revision (refused with err_code 10071 otherwise: a worker wrote its final record first)."""
         subject = f"$KV.{self.subjects.tasks_bucket}.{RECORD_KEY.format(record.id)}"
-        return asyncio.ensure_future(self._publish(subject, _encode(record)))
+        headers = EXPECT_NEW if create else None
+        if expect is not None:
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(expect)}
+        return await self.publisher.publish(subject, _encode(record), headers)
 
-    def put_result_async(self, result: TaskResult) -> asyncio.Future[Any]:
+    async def revision(self, task_id: str) -> int:
+        """The revision of a task's record (0: none)."""
+        try:
+            entry = await self.buckets.tasks.get(RECORD_KEY.format(task_id))
+        except nats.js.errors.KeyNotFoundError:
+            return 0
+        return int(entry.revision or 0)
+
+    async def put_result_async(self, result: TaskResult) -> asyncio.Future[Ack]:
         subject = f"$KV.{self.subjects.results_bucket}.{result.id}"
-        return asyncio.ensure_future(self._publish(subject, _encode(result)))
-
-    async def _publish(self, subject: str, data: bytes) -> Ack:
-        future = await self.publisher.publish(subject, data)
-        return await asyncio.wait_for(future, self.publisher.timeout)
+        return await self.publisher.publish(subject, _encode(result))
 
     async def put(self, record: TaskRecord) -> int:
         revision: int = await self.buckets.tasks.put(RECORD_KEY.format(record.id), _encode(record))
         return revision
+
+    async def delete_record(self, task_id: str) -> None:
+        await self.buckets.tasks.purge(RECORD_KEY.format(task_id))
 
     async def put_result(self, result: TaskResult) -> None:
         await self.buckets.results.put(result.id, _encode(result))
@@ -111,6 +127,23 @@ class TaskStore:
 
     async def hold(self, task_id: str) -> None:
         await self.buckets.tasks.put(HELD_KEY.format(task_id), b"1")
+
+    async def claim(self, task_id: str) -> bool:
+        """Take a held task for release or cancellation: delete its index key at the revision
+        read, so of several scheduler replicas exactly one wins."""
+        key = HELD_KEY.format(task_id)
+        try:
+            entry = await self.buckets.tasks.get(key)
+            if not entry.value:
+                return False
+            await self.buckets.tasks.delete(key, last=entry.revision)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
+            return False
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == 10071:  # wrong last sequence: another replica took it
+                return False
+            raise
+        return True
 
     async def unhold(self, task_id: str) -> None:
         await self.buckets.tasks.purge(HELD_KEY.format(task_id))

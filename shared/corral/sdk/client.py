@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from functools import cached_property
@@ -30,6 +29,7 @@ from corral.protocol import TIMEOUT_HEADER, TRACEPARENT_HEADER, Priority, parse_
 from corral.sdk.state import StateClient
 from corral.sdk.tasks import Tasks
 from corral.subjects import DEFAULT_PREFIX, Subjects, validate_token
+from corral.tracing import new_traceparent, outgoing_traceparent
 
 __all__ = ["Client", "MessageEvent", "TypeSubscription", "new_traceparent"]
 
@@ -99,11 +99,6 @@ class TypeSubscription:
             self._sub = None
 
 
-def new_traceparent() -> str:
-    """A fresh W3C traceparent: the edge of a request starts its trace."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-
-
 class Client(Tasks):
     """Calls modules (`send`), subscribes to message types, and submits and follows tasks
     (`submit`, `submit_many`, `cancel`, `task`: see corral.sdk.tasks)."""
@@ -145,7 +140,9 @@ class Client(Tasks):
             "timeout": timeout,
             "retries": retries,
         }
-        headers = {TRACEPARENT_HEADER: traceparent or new_traceparent(), TIMEOUT_HEADER: str(timeout)}
+        # The edge of a request starts its trace; inside a handler, the call continues the
+        # trace of the request being served (corral.tracing).
+        headers = {TRACEPARENT_HEADER: traceparent or outgoing_traceparent(), TIMEOUT_HEADER: str(timeout)}
         # The orchestrator answers TIMEOUT itself at `timeout`; wait a little longer for that answer.
         try:
             msg = await request(

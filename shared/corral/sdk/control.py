@@ -86,19 +86,20 @@ async def apply_config(module: Module, config: Any, version: int | None = None) 
     """Run the `on_config` hooks, then make `config` the module's (as `version`, else the next).
 
     A hook raising rejects it with VALIDATION and the module keeps its config."""
-    for hook in module.config_hooks:
-        try:
-            await call_hook(hook, config)
-        except CorralError:
-            raise
-        except Exception as exc:
-            raise ValidationError(
-                f"config rejected by {getattr(hook, '__name__', 'on_config')}: {exc}; "
-                f"the module keeps config version {module.config_version}"
-            ) from exc
-    module.config = config
-    module.config_version = module.config_version + 1 if version is None else version
-    log.info("module %s: config version %d applied", module.name, module.config_version)
+    async with module.config_lock:
+        for hook in module.config_hooks:
+            try:
+                await call_hook(hook, config)
+            except CorralError:
+                raise
+            except Exception as exc:
+                raise ValidationError(
+                    f"config rejected by {getattr(hook, '__name__', 'on_config')}: {exc}; "
+                    f"the module keeps config version {module.config_version}"
+                ) from exc
+        module.config = config
+        module.config_version = module.config_version + 1 if version is None else version
+        log.info("module %s: config version %d applied", module.name, module.config_version)
 
 
 def status_of(service: ModuleService) -> ModuleStatus:

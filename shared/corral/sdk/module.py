@@ -101,6 +101,8 @@ class Module:
         self.config: Any = None  # the config last accepted by the `config` verb (or its defaults)
         self.config_type: Any = None  # the annotation of the @on_config hook's parameter
         self.config_version = 0  # how many configs were accepted
+        # One config change at a time, in arrival order: a slow hook cannot finish after a later change.
+        self.config_lock = asyncio.Lock()
         self.start_hooks: list[Callable[[ModuleService], Any]] = []
         self.degrade_hooks: list[Callable[[bool, str], Any]] = []
         self.reset_hooks: list[Callable[[], Any]] = []

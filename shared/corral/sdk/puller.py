@@ -5,10 +5,14 @@ A fetch asks the queues in order of effective priority, each for at most the fre
 with `no_wait` pull requests, so the worker never holds a task it cannot start and the most
 urgent available task is always taken first.
 
+Within one level the routes take turns (the first route asked rotates with every fetch), so
+a busy task type cannot starve another of the same priority; FIFO holds within a level and route.
+
 Asking every queue each time would cost a round trip per queue, so a queue that came back
 empty is skipped for `recheck` seconds, except that the scheduler's kick
 (`<prefix>.tasks.kick.<priority>.<route>`, published when it queues tasks) makes it eligible at
-once; an idle worker sleeps until a kick or `idle_poll`.
+once; an idle worker sleeps until a kick or `idle_poll`, and then asks only the queues a kick
+named (or all of them, after `idle_poll`).
 
 Aging: every `aging / 4` seconds the worker samples the oldest waiting task of each queue. A
 queue whose oldest task has waited `k * aging` seconds competes as `k` levels more urgent
@@ -61,6 +65,7 @@ class TaskQueueView:
     received: list[Msg] = field(default_factory=list)
     want: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    position: int = 0  # of its route among the worker's routes
 
     def effective(self, now: float, aging: float) -> int:
         if self.oldest is None or self.priority == 0:
@@ -91,6 +96,7 @@ class Puller:
         self._subs: list[Subscription] = []
         self._sampler: asyncio.Task[None] | None = None
         self.pulls = 0
+        self._turn = 0
 
     async def start(self) -> None:
         prefix = self.nc.new_inbox()
@@ -104,6 +110,7 @@ class Puller:
                     name,
                     f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
                     f"{prefix}.{len(self.queues)}",
+                    position=self.routes.index(route),
                 )
                 self.queues.append(view)
                 self._by_kick[self.subjects.task_kick(priority, route)] = view
@@ -175,9 +182,16 @@ class Puller:
 
     # --- pulling --------------------------------------------------------------------------------
     def order(self) -> list[TaskQueueView]:
+        """By effective priority, then nominal priority; the routes of one level take turns
+        (the starting route rotates with every fetch), so one busy type cannot starve another."""
         now = time.time()
         aging = self.settings.aging
-        return sorted(self.queues, key=lambda v: (v.effective(now, aging), v.priority))
+        self._turn += 1
+        count = len(self.routes) or 1
+        return sorted(
+            self.queues,
+            key=lambda v: (v.effective(now, aging), v.priority, (v.position - self._turn) % count),
+        )
 
     async def fetch(self, free: int) -> list[Msg]:
         """Up to `free` tasks, most urgent first."""
@@ -200,6 +214,12 @@ class Puller:
                     view.empty_until = now + self.settings.recheck
             else:
                 view.empty_until = now + self.settings.recheck
+        if not got:
+            # Idle: every queue stays unasked until a kick (or a retry coming due) names it, or
+            # `idle_poll` passes. A kicked queue is then the only one asked: one round trip
+            # from kick to task, not one per more urgent queue.
+            for view in self.queues:
+                view.empty_until = max(view.empty_until, now + self.settings.idle_poll)
         return got
 
     async def _pull(self, view: TaskQueueView, batch: int) -> list[Msg]:
@@ -238,6 +258,7 @@ class Puller:
                 if not info.num_pending:
                     view.oldest = None
                     continue
+                view.empty_until = 0.0  # tasks wait there, kicked or not
                 start = (info.delivered.stream_seq or 0) + 1
                 subject = self.subjects.task_queue(view.priority, view.route)
                 raw = await self.js.get_msg(stream, seq=start, subject=subject, next=True)

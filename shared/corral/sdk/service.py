@@ -24,7 +24,7 @@ from corral.runtime.direct import DIRECT_REPLY_METADATA, direct_reply_enabled
 from corral.runtime.endpoints import RawHandler, typed_handler
 from corral.sdk.control import add_control_endpoints, call_hook
 from corral.sdk.limits import Limiter
-from corral.sdk.live_config import adopt_stored_config
+from corral.sdk.live_config import LiveConfigFollower
 
 if TYPE_CHECKING:
     from corral.sdk.module import Handler, Module
@@ -64,13 +64,16 @@ class ModuleService(Service):
         self._limiters: dict[str, Limiter] = {}
         self._registrar: asyncio.Task[None] | None = None
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self._live_config: LiveConfigFollower | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def setup(self) -> None:
         self.ready = not self.wait_for_ready
         for hook in self.module.start_hooks:
             await call_hook(hook, self)
-        await adopt_stored_config(self)  # before serving: a (re)start runs the live config
+        # Before serving: a (re)started instance runs the live config, and follows it from here.
+        self._live_config = LiveConfigFollower(self)
+        await self._live_config.start()
         direct = direct_reply_enabled()
         for handler in self.module.handlers.values():
             self.add_endpoint(
@@ -93,6 +96,8 @@ class ModuleService(Service):
             self._registrar = asyncio.create_task(self._register_loop(), name=f"{self.name}-register")
 
     async def teardown(self) -> None:
+        if self._live_config is not None:
+            await self._live_config.stop()
         if self._registrar is not None:
             self._registrar.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from nats.aio.msg import Msg
 from corral.errors import CallTimeoutError, CorralError, ModuleError, UnavailableError, error_from_payload
 from corral.protocol import TRACEPARENT_HEADER
 from corral.scheduling.messages import FINAL, Backoff, Status, TaskRecord, TaskResult
+from corral.tracing import outgoing_traceparent
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -38,6 +40,8 @@ _encode = msgspec.json.Encoder().encode
 _result = msgspec.json.Decoder(TaskResult)
 RESULT_POLL = 2.0  # seconds between KV reads while waiting, in case an event was missed
 UPDATES_BUFFER = 64  # progress deltas a slow reader may fall behind before deltas are dropped
+# Asking again after "no responders" (0.1 s, 0.2 s, 0.3 s apart) rides out a scheduler restart.
+NO_RESPONDER_RETRIES = 3
 
 
 class _Reply(msgspec.Struct):
@@ -183,16 +187,24 @@ class Tasks:
     async def _scheduler(
         self, verb: str, body: Any, *, timeout: float = 10.0, traceparent: str | None = None
     ) -> Any:
-        from corral.sdk.client import new_traceparent
-
-        headers = {TRACEPARENT_HEADER: traceparent or new_traceparent()}
+        # Inside a handler or a task, the submission continues the trace being served.
+        headers = {TRACEPARENT_HEADER: traceparent or outgoing_traceparent()}
         subject = self.subjects.service("scheduler", verb)
-        try:
-            msg = await self.nc.request(subject, _encode(body), timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError as exc:
-            raise UnavailableError(f"no scheduler answers {subject}: is the system up (corral up)?") from exc
-        except nats.errors.TimeoutError as exc:
-            raise CallTimeoutError(f"the scheduler did not answer {verb} within {timeout}s") from exc
+        data = _encode(body)
+        for attempt in range(NO_RESPONDER_RETRIES + 1):
+            try:
+                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+                break
+            except nats.errors.NoRespondersError as exc:
+                # Nobody received it, so sending again cannot run anything twice: a scheduler
+                # restarting, or nats-server's occasional "no responders" right after a subscribe.
+                if attempt == NO_RESPONDER_RETRIES:
+                    raise UnavailableError(
+                        f"no scheduler answers {subject}: is the system up (corral up)?"
+                    ) from exc
+                await asyncio.sleep(0.1 * (attempt + 1))
+            except nats.errors.TimeoutError as exc:
+                raise CallTimeoutError(f"the scheduler did not answer {verb} within {timeout}s") from exc
         reply = msgspec.json.decode(msg.data, type=_Reply)
         if reply.success:
             return reply.payload
@@ -210,7 +222,7 @@ class Tasks:
         max_retries: int | None = None,
         backoff: Backoff | Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
-        not_before: float | None = None,
+        not_before: float | datetime.datetime | None = None,
         delay: float | None = None,
         name: str | None = None,
         traceparent: str | None = None,
@@ -263,7 +275,12 @@ class Tasks:
 
     async def result_of(self, task_id: str) -> TaskResult | None:
         if self._results_kv is None:
-            self._results_kv = await self.nc.jetstream().key_value(self.subjects.results_bucket)
+            try:
+                self._results_kv = await self.nc.jetstream().key_value(self.subjects.results_bucket)
+            except nats.js.errors.BucketNotFoundError as exc:
+                raise UnavailableError(
+                    f"no results bucket {self.subjects.results_bucket}: has the scheduler started once?"
+                ) from exc
         try:
             entry = await self._results_kv.get(task_id)
         except nats.js.errors.KeyNotFoundError:
@@ -274,8 +291,9 @@ class Tasks:
         """The TaskResult of a task once it has ended."""
         ended = asyncio.Event()
 
-        async def on_end(_: Msg) -> None:
-            ended.set()
+        async def on_end(msg: Msg) -> None:
+            if msg.subject.rsplit(".", 1)[-1] in ("done", "failed", "cancelled"):
+                ended.set()  # progress events do not make us read KV
 
         events = self.subjects.task_events(task_id)
         sub = await self.nc.subscribe(events, cb=on_end)
@@ -295,6 +313,56 @@ class Tasks:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def results(
+        self, tasks: Iterable[str | TaskHandle], timeout: float | None = None
+    ) -> list[TaskResult]:
+        """The TaskResult of every task once all have ended, in order: one subscription for the
+        lot (not one per task), results read from KV as their end events arrive."""
+        ids = [t.id if isinstance(t, TaskHandle) else t for t in tasks]
+        waiting = set(ids)
+        ended: set[str] = set()
+        wake = asyncio.Event()
+
+        async def on_end(msg: Msg) -> None:
+            task_id = msg.subject.split(".")[-2]
+            if task_id in waiting:
+                ended.add(task_id)
+                wake.set()
+
+        subs = [
+            await self.nc.subscribe(self.subjects.task_events_of(k), cb=on_end)
+            for k in ("done", "failed", "cancelled")
+        ]
+        found: dict[str, TaskResult] = {}
+        give_up = None if timeout is None else time.monotonic() + timeout
+        try:
+            check = list(waiting)
+            while True:
+                for start in range(0, len(check), 256):
+                    chunk = check[start : start + 256]
+                    for task_id, result in zip(
+                        chunk, await asyncio.gather(*(self.result_of(i) for i in chunk)), strict=True
+                    ):
+                        if result is not None and result.status in FINAL:
+                            found[task_id] = result
+                            waiting.discard(task_id)
+                if not waiting:
+                    return [found[i] for i in ids]
+                left = RESULT_POLL if give_up is None else min(RESULT_POLL, give_up - time.monotonic())
+                if left <= 0:
+                    raise CallTimeoutError(
+                        f"{len(waiting)} of {len(set(ids))} tasks did not end within {timeout}s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), left)
+                wake.clear()
+                check = list(ended & waiting) if ended & waiting else list(waiting)
+                ended.clear()
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
 
 def task_request(
     type_: str,
@@ -307,7 +375,7 @@ def task_request(
     max_retries: int | None = None,
     backoff: Backoff | Mapping[str, float] | None = None,
     idempotency_key: str | None = None,
-    not_before: float | None = None,
+    not_before: float | datetime.datetime | None = None,
     delay: float | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
@@ -320,7 +388,7 @@ def task_request(
         "max_retries": max_retries,
         "backoff": msgspec.to_builtins(backoff) if isinstance(backoff, Backoff) else backoff,
         "idempotency_key": idempotency_key,
-        "not_before": not_before,
+        "not_before": not_before.timestamp() if isinstance(not_before, datetime.datetime) else not_before,
         "delay": delay,
         "name": name,
     }

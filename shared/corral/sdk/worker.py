@@ -41,7 +41,7 @@ import socket
 import time
 import traceback
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -49,9 +49,9 @@ import msgspec
 from nats.aio.msg import Msg
 
 from corral.component import Component
+from corral.errors import ConfigError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.runtime import RequestContext, Service, ServiceSettings, run_forever
-from corral.runtime.logs import trace_id_from_traceparent, trace_id_var
 from corral.scheduling.messages import (
     FINAL,
     DeadLetter,
@@ -67,9 +67,10 @@ from corral.scheduling.resources import ensure_resources
 from corral.scheduling.routing import worker_routes
 from corral.scheduling.settings import SchedulerSettings
 from corral.scheduling.store import TaskStore
-from corral.sdk.puller import Puller
+from corral.sdk.puller import PULL_TIMEOUT, Puller
 from corral.sdk.task_context import TaskContext
 from corral.subjects import validate_token
+from corral.tracing import traceparent_var
 
 __all__ = ["TaskHandler", "Worker", "WorkerService"]
 
@@ -178,7 +179,7 @@ class WorkerService(Service):
             raise ValueError(f"worker {worker.name!r} has no task handlers: add one with @worker.task(...)")
         self.worker = worker
         self.sched = scheduler or SchedulerSettings.from_env()
-        self.concurrency = worker.concurrency
+        self.concurrency = _concurrency(worker)
         self.running: dict[str, _Running] = {}  # by delivery (the message's reply subject)
         self._by_id: dict[str, _Running] = {}  # the same, by task id
         self.completed = 0
@@ -188,7 +189,8 @@ class WorkerService(Service):
         self._stopping = False
         self._draining = False
         self._loops: list[asyncio.Task[None]] = []
-        self._naks: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        self._gauges = False
         self._puller: Puller | None = None
         self._store: TaskStore | None = None
         self._subs: list[Any] = []
@@ -206,12 +208,23 @@ class WorkerService(Service):
 
     async def setup(self) -> None:
         self._stopping = self._draining = False
-        buckets = await ensure_resources(self.js, self.subjects, self.sched)
+        buckets = await ensure_resources(self.js, self.subjects, self.sched, owner=False)
         self._store = TaskStore(self.js, self.subjects, buckets, AsyncPublisher(self.nc))
         self._puller = Puller(self.nc, self.js, self.subjects, self.sched, self.worker.routes, self._orphan)
         await self._puller.start()
         self._subs = [await self.nc.subscribe(self.subjects.task_events_of("cancelled"), cb=self._on_cancel)]
         self.endpoint("status")(self._status)
+        if not self._gauges:
+            self._gauges = True
+            m = self.metrics
+            m.add_gauge_callback(
+                "tasks_running", "Tasks running in this worker now", lambda: len(self.running)
+            )
+            m.add_gauge_callback("tasks_completed", "Tasks this worker completed", lambda: self.completed)
+            m.add_gauge_callback("tasks_failed", "Tasks this worker dead-lettered", lambda: self.failed)
+            m.add_gauge_callback(
+                "concurrency", "Tasks this worker runs at once at most", lambda: self.concurrency
+            )
         self._loops = [
             asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch"),
             asyncio.create_task(self._lease_loop(), name=f"{self.name}-lease"),
@@ -223,8 +236,8 @@ class WorkerService(Service):
         self.puller.wake.set()
         self._slot.set()
         fetch = self._loops[0]
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(fetch, 5)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(fetch, PULL_TIMEOUT + 1)
         tasks = [r.task for r in self.running.values()]
         if tasks:
             log.info("draining %d running tasks", len(tasks))
@@ -307,13 +320,17 @@ class WorkerService(Service):
                 await self.nc.publish(subject, _encode(self.info()))
             await asyncio.sleep(self.settings.heartbeat_interval)
 
+    def keep(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _orphan(self, msg: Msg) -> None:
         if not self._stopping and len(self.running) < self.concurrency:
             self._start(msg)
         else:
-            task = asyncio.ensure_future(msg.nak())
-            self._naks.add(task)
-            task.add_done_callback(self._naks.discard)
+            self.keep(msg.nak())
 
     async def _on_cancel(self, msg: Msg) -> None:
         task_id = msg.subject.split(".")[-2]
@@ -335,8 +352,10 @@ class WorkerService(Service):
     async def _execute(self, msg: Msg, key: str) -> None:
         try:
             await self._run(msg, key)
-        except Exception as exc:
+        except Exception as exc:  # a fault of the worker, not the task: let it be tried again soon
             log.error("task message %s could not be handled: %r", key, exc, exc_info=exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
         finally:
             running = self.running.pop(key, None)
             if running is not None and self._by_id.get(running.task_id) is running:
@@ -351,7 +370,7 @@ class WorkerService(Service):
             await msg.term()
             return
         traceparent = (msg.headers or {}).get(TRACEPARENT_HEADER) or spec.traceparent
-        trace_id_var.set(trace_id_from_traceparent(traceparent))
+        traceparent_var.set(traceparent)  # the task's log lines carry its trace id
         meta = msg.metadata
         attempt = meta.num_delivered
         running = self.running[key]
@@ -403,6 +422,16 @@ class WorkerService(Service):
             await msg.term()
             return True
         return False
+
+
+def _concurrency(worker: Worker) -> int:
+    """The worker's own figure, unless CORRAL_WORKER_CONCURRENCY overrides it (corral.toml `env`)."""
+    raw = os.environ.get("CORRAL_WORKER_CONCURRENCY", "").strip()
+    if not raw:
+        return worker.concurrency
+    if not raw.isdecimal() or int(raw) < 1:
+        raise ConfigError(f"CORRAL_WORKER_CONCURRENCY must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 class _Attempt:
@@ -457,11 +486,12 @@ class _Attempt:
     async def execute(self, handler: TaskHandler, ctx: TaskContext) -> None:
         service, spec = self.service, self.spec
         self.started = time.time()
-        await self._transition("started", Status.RUNNING)
         log.debug("task %s (%s) attempt %d started", spec.id, spec.type, self.attempt)
+        # A task still running after `running_record_after` gets its `started` event and a
+        # running record; a shorter one goes straight to done, which saves two writes per task.
         loop = asyncio.get_running_loop()
         timer = loop.call_later(
-            service.sched.running_record_after, lambda: asyncio.ensure_future(self._write_running())
+            service.sched.running_record_after, lambda: service.keep(self._announce_running())
         )
         try:
             try:
@@ -470,7 +500,7 @@ class _Attempt:
                     if handler.payload_type is Any
                     else msgspec.convert(spec.payload, handler.payload_type)
                 )
-            except msgspec.ValidationError as exc:
+            except Exception as exc:
                 # A payload the handler cannot take fails the same way every time: no retries.
                 await self.dead_letter(f"invalid payload for task type {spec.type!r}: {exc}", "")
                 return
@@ -507,9 +537,10 @@ class _Attempt:
         finally:
             timer.cancel()
 
-    async def _write_running(self) -> None:
+    async def _announce_running(self) -> None:
         with contextlib.suppress(Exception):
-            await self.service.store.put_async(self.record(status=Status.RUNNING))
+            await self._transition("started", Status.RUNNING)
+            await (await self.service.store.put_async(self.record(status=Status.RUNNING)))
 
     async def succeeded(self, value: Any, ctx: TaskContext) -> None:
         service, spec = self.service, self.spec
@@ -524,8 +555,8 @@ class _Attempt:
             finished=now,
         )
         await asyncio.gather(
-            service.store.put_result_async(result),
-            service.store.put_async(self.record(status=Status.SUCCEEDED, result=value, finished=now)),
+            await service.store.put_result_async(result),
+            await service.store.put_async(self.record(status=Status.SUCCEEDED, result=value, finished=now)),
         )
         await self.msg.ack()
         service.completed += 1
@@ -543,8 +574,10 @@ class _Attempt:
             return
         delay = spec.backoff.delay(self.attempt)
         now = time.time()
-        await service.store.put_async(
-            self.record(status=Status.RETRYING, error=error, traceback=tb, next_attempt=now + delay)
+        await (
+            await service.store.put_async(
+                self.record(status=Status.RETRYING, error=error, traceback=tb, next_attempt=now + delay)
+            )
         )
         await self.msg.nak(delay=delay)
         service.puller.retry_at(spec.priority, spec.route, now + delay)
@@ -576,8 +609,8 @@ class _Attempt:
             finished=now,
         )
         await asyncio.gather(
-            service.store.put_result_async(result),
-            service.store.put_async(
+            await service.store.put_result_async(result),
+            await service.store.put_async(
                 self.record(status=Status.FAILED, error=error, traceback=tb, finished=now)
             ),
         )
@@ -605,8 +638,8 @@ class _Attempt:
             finished=now,
         )
         await asyncio.gather(
-            service.store.put_result_async(result),
-            service.store.put_async(self.record(status=Status.CANCELLED, reason=reason, finished=now)),
+            await service.store.put_result_async(result),
+            await service.store.put_async(self.record(status=Status.CANCELLED, reason=reason, finished=now)),
         )
         await self.msg.term()
         log.info("task %s stopped: %s", spec.id, reason)
