@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,12 @@ class ModuleService(Service):
     # --- lifecycle -----------------------------------------------------------------------------
     async def setup(self) -> None:
         self.ready = not self.wait_for_ready
+        if self.owns_process and os.environ.pop("CORRAL_RESET", "") == "1":
+            # Relaunched by the orchestrator's restart_with_reset strategy: clear state first.
+            # Popped, so a later re-exec (the `restart` verb) does not reset again.
+            for reset_hook in self.module.reset_hooks:
+                await call_hook(reset_hook)
+            log.info("module %s reset before serving (CORRAL_RESET=1)", self.name)
         for hook in self.module.start_hooks:
             await call_hook(hook, self)
         # Before serving: a (re)started instance runs the live config, and follows it from here.
