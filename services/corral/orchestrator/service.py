@@ -26,6 +26,7 @@ from corral.orchestrator.breaker import BreakerSnapshot, BreakerState
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.catalog import ModuleCatalog
 from corral.orchestrator.config_rollout import ConfigGet, ConfigRollback, ConfigRollout, ConfigSet
+from corral.orchestrator.fastpath import FastPath
 from corral.orchestrator.forwarding import LeaderRouter
 from corral.orchestrator.leader import DEFAULT_TTL, Leadership
 from corral.orchestrator.lifecycle import (
@@ -45,6 +46,7 @@ from corral.orchestrator.messages import (
     StopModule,
     StopSystem,
 )
+from corral.orchestrator.mux import RequestMux
 from corral.orchestrator.readiness import ReadinessGate, RegisterReply
 from corral.orchestrator.records import ModuleRecord, RecoveryEntry
 from corral.orchestrator.router import CallRouter
@@ -52,7 +54,8 @@ from corral.orchestrator.states import UP_STATES
 from corral.orchestrator.subscriptions import Subscriptions
 from corral.policy import CallPolicy
 from corral.protocol import ModuleRegistration
-from corral.runtime import RequestContext, Service, ServiceSettings
+from corral.runtime import Endpoint, Reply, RequestContext, Service, ServiceSettings
+from corral.runtime.direct import direct_reply_enabled
 from corral.runtime.endpoints import typed_handler
 
 __all__ = ["OrchestratorService"]
@@ -90,12 +93,16 @@ class OrchestratorService(Service):
         config: SystemConfig | None = None,
         lease_ttl: float | None = None,
         initial_config: dict[str, dict[str, Any]] | None = None,
+        direct_reply: bool | None = None,
     ) -> None:
         """`config`: the system (default: the file named by CORRAL_CONFIG, else no modules);
         `policies` per module (default: from `config`) and `default_policy` for the rest;
         `call_timeout` is a shortcut for a default policy with that timeout. `lease_ttl` (default
         `CORRAL_LEASE_TTL` or 6 s) is how long the leader's lease lasts unrenewed. `initial_config`
-        (default: `config`'s `[modules.X.config]`) seeds the live config of modules that have none."""
+        (default: `config`'s `[modules.X.config]`) seeds the live config of modules that have none.
+        `direct_reply=False` (or CORRAL_DIRECT_REPLY=0) routes every answer through the
+        orchestrator (corral.runtime.direct), for accounts whose modules may not publish to
+        callers' inboxes (`allow_responses`)."""
         super().__init__(
             "orchestrator", settings=settings, description="corral orchestrator: module calls and lifecycle"
         )
@@ -109,10 +116,14 @@ class OrchestratorService(Service):
         if default_policy is None:
             default_policy = CallPolicy() if call_timeout is None else CallPolicy(timeout=call_timeout)
         self.default_policy = default_policy
+        self.direct_reply = direct_reply_enabled() if direct_reply is None else direct_reply
         self.router: CallRouter | None = None
         self.board: BreakerBoard | None = None
         self.subscriptions = Subscriptions()
         self.gate: ReadinessGate | None = None
+        self.mux: RequestMux | None = None
+        self.catalog: ModuleCatalog | None = None
+        self.fast: FastPath | None = None
         self.lifecycle: Lifecycle | None = None
         self.leader_router: LeaderRouter | None = None
         self.lease_ttl = lease_ttl or float(os.environ.get("CORRAL_LEASE_TTL") or DEFAULT_TTL)
@@ -135,18 +146,31 @@ class OrchestratorService(Service):
             lambda module: self.policies.get(module, self.default_policy).breaker,
         )
         await self.board.start()
+        self.mux = RequestMux(self.nc)
+        await self.mux.start()
+        self.catalog = ModuleCatalog(self.nc, self.subjects.prefix, direct_reply=self.direct_reply)
         self.router = CallRouter(
             self.nc,
             self.subjects,
             policy_for=self.policies,
             default_policy=self.default_policy,
             board=self.board,
-            catalog=ModuleCatalog(self.nc, self.subjects.prefix),
+            catalog=self.catalog,
             max_request_bytes=self.settings.max_request_bytes,
+            mux=self.mux,
         )
         self.subscriptions.router = self.router
         self.subscriptions.start()
-        self.add_endpoint("send", self.subjects.send_all, self.router.handle, response_type="send")
+        send: Endpoint | None = None
+
+        def settled(reply: Reply, seconds: float) -> None:
+            assert send is not None
+            self.account(send, reply, seconds)
+
+        self.fast = FastPath(self.router, settled, lambda: self.observes_each_request)
+        send = self.add_endpoint(
+            "send", self.subjects.send_all, self.router.handle, response_type="send", accept=self.fast.accept
+        )
         self.endpoint("status")(self._status)
         self.endpoint("stats")(self._stats)
         self.endpoint("modules")(self._modules)
@@ -229,7 +253,13 @@ class OrchestratorService(Service):
         state = self.lifecycle.state_of(module)
         return None if state is None else state in UP_STATES
 
+    @property
+    def in_flight(self) -> int:
+        return super().in_flight + (self.fast.pending if self.fast is not None else 0)
+
     async def teardown(self) -> None:
+        if self.fast is not None:  # calls on the fast path are not tasks: drain them here
+            await self.fast.drain(self.settings.drain_timeout)
         # Leadership first: losing the lease detaches the lifecycle, and modules keep running
         # (a standby, or this orchestrator started again, adopts them).
         if self.leadership is not None:
@@ -241,6 +271,10 @@ class OrchestratorService(Service):
         await self.subscriptions.stop()
         if self.board is not None:
             await self.board.stop()
+        if self.catalog is not None:
+            await self.catalog.stop()
+        if self.mux is not None:
+            await self.mux.stop()
 
     async def _status(self, _: None, ctx: RequestContext) -> dict[str, Any]:
         records = await self._records()

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from corral.errors import CallTimeoutError
 from corral.protocol import ErrorCode, ModuleRegistration, codec_for
 from corral.runtime import Reply, RequestContext, Service, ServiceSettings, error_reply
+from corral.runtime.direct import DIRECT_REPLY_METADATA, direct_reply_enabled
 from corral.runtime.endpoints import RawHandler, typed_handler
 from corral.sdk.control import add_control_endpoints, call_hook
 from corral.sdk.limits import Limiter
@@ -81,13 +82,19 @@ class ModuleService(Service):
         # Before serving: a (re)started instance runs the live config, and follows it from here.
         self._live_config = LiveConfigFollower(self)
         await self._live_config.start()
+        direct = direct_reply_enabled()
         for handler in self.module.handlers.values():
             self.add_endpoint(
                 handler.type,
                 self.subjects.module(self.module.name, handler.type),
                 self._gated(handler),
                 response_type=handler.type,
-                metadata={"idempotent": "true" if handler.idempotent else "false"},
+                metadata={
+                    "idempotent": "true" if handler.idempotent else "false",
+                    # tells the orchestrator (corral.runtime.direct)
+                    DIRECT_REPLY_METADATA: "true" if direct else "false",
+                },
+                direct_reply=direct,
             )
         add_control_endpoints(self)
 
@@ -228,8 +235,20 @@ class ModuleService(Service):
         timeout = handler.timeout
 
         async def run(payload: Any, ctx: RequestContext) -> Any:
-            async with limiter, throttle:
-                return await (func(payload, ctx) if wants_context else func(payload))
+            # `async with limiter, throttle`, without its six coroutines when there is room.
+            if not limiter.try_acquire():
+                await limiter.acquire()
+            try:
+                if not throttle.try_acquire():
+                    await throttle.acquire()
+                try:
+                    return await (func(payload, ctx) if wants_context else func(payload))
+                finally:
+                    if throttle.release_nowait():
+                        await throttle.wake()
+            finally:
+                if limiter.release_nowait():
+                    await limiter.wake()
 
         if timeout is None:
             return run
