@@ -6,6 +6,7 @@ real module processes (tests/fixtures/modules/probe.py started here, not by the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -279,3 +280,38 @@ async def test_a_cycle_between_self_registered_modules_is_refused_and_named(
         }  # fmt: skip
         registry = await call(nc, f"{prefix}.orchestrator.registry")
         assert [r["name"] for r in registry["payload"]] == ["a"]
+
+
+async def test_an_unhealthy_verdict_restarts_a_live_self_registered_instance_through_its_verb(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    events = EventLog()
+    await events.attach(nc, prefix)
+    module = Module("checked")
+    restarts: list[str] = []
+
+    @module.on_start
+    async def started(_service: object) -> None:
+        restarts.append("start")
+
+    async with orchestrator(settings, system(tmp_path, {})):
+        service = module.service(msgspec.structs.replace(settings, instance="chk-1"), wait_for_ready=True)
+        await service.start()
+        try:
+            await events.wait_for(lambda: events.state("checked") == "running")
+            verdict = {
+                "module": "checked",
+                "instance": "chk-1",
+                "new": "unhealthy",
+                "reason": "3 failed rounds",
+            }
+            await nc.publish(f"{prefix}.evt.health.checked", json.dumps(verdict).encode())
+            await events.wait_for(lambda: len(events.of("checked")) >= 4)
+            assert events.of("checked")[-2:] == [("running", "starting"), ("starting", "running")]
+            assert events.reasons("checked")[-1] == "recovered by restart (attempt 1)"
+            assert restarts == ["start", "start"]  # the restart verb ran it again, in place
+            (entry,) = (await record(nc, prefix, "checked"))["history"]
+            assert entry["action"] == "restart"
+            assert entry["outcome"].startswith("recovered in")
+        finally:
+            await service.stop()

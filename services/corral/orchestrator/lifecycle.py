@@ -517,9 +517,9 @@ class Lifecycle:
         sup = self.supervisors.get(verdict.module)
         if sup is None or verdict.new != "unhealthy":
             return
-        if sup.spawns and not verdict.instance:
+        if (sup.spawns or sup.self_registered) and not verdict.instance:
             return  # the module-wide verdict repeats the instance verdicts we act on
-        sup.fail(
+        sup.unhealthy(
             verdict.instance,
             f"health service: instance {verdict.instance or '*'} unhealthy: {verdict.reason}",
         )

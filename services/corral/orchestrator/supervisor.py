@@ -336,6 +336,18 @@ class ModuleSupervisor:
         if not self.recovering:
             self._recovery = asyncio.create_task(self._recover_all(), name=f"recover-{self.name}")
 
+    def unhealthy(self, instance: str, what: str) -> None:
+        """The health service judged `instance` unhealthy. A self-registered instance that has
+        also gone silent is lost (no verb can reach it); any other is recovered by its policy."""
+        if self.self_registered and instance:
+            silent = self.clock() - self._last_seen(instance) > 2 * self.record.descriptor.heartbeat_interval
+            if silent and instance not in self._handled and not self.busy:
+                self._handled.add(instance)
+                self.ctx.spawn(self._lose(instance, what))
+            if silent:
+                return
+        self.fail(instance, what)
+
     def check_heartbeats(self, now: float) -> None:
         """A failure for each instance silent for unhealthy_threshold heartbeat intervals."""
         watched = self.spawns or self.self_registered  # a declared external lists no instances
@@ -344,9 +356,7 @@ class ModuleSupervisor:
         module = self.record.descriptor
         limit = module.heartbeat_interval * module.unhealthy_threshold
         for inst in list(self.record.instances):
-            last = self.ctx.last_heartbeat(inst.instance)
-            seen = (last, self.ready_at.get(inst.instance), self.joined_at.get(inst.instance), 0.0)
-            reference = max(x for x in seen if x is not None)
+            reference = self._last_seen(inst.instance)
             if reference and now - reference > limit:
                 what = (
                     f"instance {inst.instance}: no heartbeat for {now - reference:.1f}s "
@@ -357,6 +367,11 @@ class ModuleSupervisor:
                 elif inst.instance not in self._handled:
                     self._handled.add(inst.instance)
                     self.ctx.spawn(self._lose(inst.instance, what))
+
+    def _last_seen(self, instance: str) -> float:
+        """Monotonic time of the instance's last sign of life (0.0: none yet)."""
+        seen = (self.ctx.last_heartbeat(instance), self.ready_at.get(instance), self.joined_at.get(instance))
+        return max((x for x in seen if x is not None), default=0.0)
 
     # --- a module whose own instances register (source "sdk") ----------------------------------
     async def join(self, instance: str) -> None:
