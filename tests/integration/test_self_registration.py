@@ -315,3 +315,26 @@ async def test_an_unhealthy_verdict_restarts_a_live_self_registered_instance_thr
             assert entry["outcome"].startswith("recovered in")
         finally:
             await service.stop()
+
+
+async def test_a_dependency_not_registered_yet_is_waited_for_not_refused(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    async with orchestrator(settings, system(tmp_path, {"base": probe()})):
+        joined = await call(
+            nc,
+            f"{prefix}.orchestrator.register",
+            {"module": "w", "instance": "w1", "depends_on": ["ghost", "base"]},
+        )
+        assert joined["payload"]["waiting_for"] == ["ghost", "base"]
+        found = (await record(nc, prefix, "w"))["record"]
+        assert found["descriptor"]["depends_on"] == ["ghost", "base"]
+        assert found["status"]["state"] == "starting"
+        # The system starts without it (not ours to start), and the unknown name breaks nothing.
+        started = await call(nc, f"{prefix}.orchestrator.start_system")
+        assert [r["module"] for r in started["payload"]["started"]] == ["base"]
+        refused = await call(nc, f"{prefix}.orchestrator.start", {"module": "w"})
+        assert refused["payload"]["code"] == "CONFLICT"
+        assert refused["payload"]["errors"] == [
+            "cannot start w: it depends on ghost (not registered); start those first"
+        ]

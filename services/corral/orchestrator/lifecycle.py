@@ -388,10 +388,9 @@ class Lifecycle:
         async with self.lock:
             if sup.record.state in UP_STATES:
                 return ModuleResult(name, sup.record.state.value, sup.record.pids, "already running")
+            states = {d: self.state_of(d) for d in sup.record.descriptor.depends_on}
             down = [
-                f"{d} ({self.registry.records[d].state.value})"
-                for d in sup.record.descriptor.depends_on
-                if self.registry.records[d].state not in UP_STATES
+                f"{d} ({s.value if s else 'not registered'})" for d, s in states.items() if s not in UP_STATES
             ]
             if down:
                 raise ConflictError(
