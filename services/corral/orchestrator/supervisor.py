@@ -341,10 +341,8 @@ class ModuleSupervisor:
         also gone silent is lost (no verb can reach it); any other is recovered by its policy."""
         if self.self_registered and instance:
             silent = self.clock() - self._last_seen(instance) > 2 * self.record.descriptor.heartbeat_interval
-            if silent and instance not in self._handled and not self.busy:
-                self._handled.add(instance)
-                self.ctx.spawn(self._lose(instance, what))
             if silent:
+                self._queue_loss(instance, what)
                 return
         self.fail(instance, what)
 
@@ -364,9 +362,13 @@ class ModuleSupervisor:
                 )
                 if self.spawns:
                     self.fail(inst.instance, what)
-                elif inst.instance not in self._handled:
-                    self._handled.add(inst.instance)
-                    self.ctx.spawn(self._lose(inst.instance, what))
+                else:
+                    self._queue_loss(inst.instance, what)
+
+    def _queue_loss(self, instance: str, what: str) -> None:
+        if instance not in self._handled and not self.busy:
+            self._handled.add(instance)
+            self.ctx.spawn(self._lose(instance, what))
 
     def _last_seen(self, instance: str) -> float:
         """Monotonic time of the instance's last sign of life (0.0: none yet)."""
