@@ -126,8 +126,15 @@ class AsyncPublisher:
         return future
 
     async def wait(self, futures: list[asyncio.Future[Ack]]) -> list[Ack | BaseException]:
-        """Every acknowledgement, or its error."""
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        """Every acknowledgement, or its error. The publishes are all sent already, so awaiting
+        them in turn costs no more time than gather() and none of its bookkeeping."""
+        outcomes: list[Ack | BaseException] = []
+        for future in futures:
+            try:
+                outcomes.append(await future)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def stop(self) -> None:
         if self._timer is not None:
