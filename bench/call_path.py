@@ -1,6 +1,7 @@
 """What each layer of the corral call path costs, against a bare nats-py echo.
 
-    python bench/call_path.py [--requests N] [--concurrency 1,64,256] [--nats-url URL] [--json PATH]
+    python bench/call_path.py [--requests N] [--concurrency 1,64,256] [--repeat N] [--nats-url URL]
+                              [--json PATH]
 
 One run starts a nats-server (unless --nats-url is given) and three processes from
 `bench/echo_processes.py`, then measures, from one nats-py client in this process:
@@ -14,6 +15,10 @@ For each concurrency level, `concurrency` asyncio workers each send request afte
 until the level's request count is reached. Every reply is decoded and checked (the echoed
 payload, and `success` for the corral paths), so a broken path reports errors instead of a
 fast number. Throughput counts valid replies only; latencies are of valid replies.
+
+`--repeat N` measures every path and level N times, interleaved (raw, sdk, orchestrated, raw, ...),
+and adds a table of medians: on a shared machine a single run says more about the neighbours
+than about the code. Ratios and added latencies are taken within a round, then their median.
 """
 
 from __future__ import annotations
@@ -202,6 +207,7 @@ class Result:
     other_cores: float = 0.0  # CPU load on the machine from anything but the bench's processes
     steal_cores: float = 0.0
     warmup_errors: int = 0
+    round: int = 0  # which repetition (--repeat)
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -337,28 +343,82 @@ async def measure(
 class Comparison:
     path: str
     concurrency: int
+    round: int
     throughput_vs_raw: float
     added_p50_us: float
     added_p99_us: float
 
 
 def compare(results: Sequence[Result]) -> list[Comparison]:
-    raw = {r.concurrency: r for r in results if r.path == "raw"}
+    raw = {(r.round, r.concurrency): r for r in results if r.path == "raw"}
     comparisons = []
     for r in results:
-        base = raw.get(r.concurrency)
+        base = raw.get((r.round, r.concurrency))
         if r.path == "raw" or base is None:
             continue
         comparisons.append(
             Comparison(
                 path=r.path,
                 concurrency=r.concurrency,
+                round=r.round,
                 throughput_vs_raw=r.rps / base.rps if base.rps else math.nan,
                 added_p50_us=1000 * (r.p50_ms - base.p50_ms),
                 added_p99_us=1000 * (r.p99_ms - base.p99_ms),
             )
         )
     return comparisons
+
+
+@dataclass
+class Summary:
+    """Medians over the rounds of one path at one level."""
+
+    path: str
+    concurrency: int
+    rounds: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    throughput_vs_raw: float
+    vs_raw_min: float
+    vs_raw_max: float
+    added_p50_us: float
+    added_p99_us: float
+    other_cores: float
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(v for v in values if not math.isnan(v))
+    if not ordered:
+        return math.nan
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarize(results: Sequence[Result], comparisons: Sequence[Comparison]) -> list[Summary]:
+    summaries = []
+    keys = list(dict.fromkeys((r.path, r.concurrency) for r in results))
+    for path, concurrency in keys:
+        mine = [r for r in results if (r.path, r.concurrency) == (path, concurrency)]
+        comps = [c for c in comparisons if (c.path, c.concurrency) == (path, concurrency)]
+        ratios = [c.throughput_vs_raw for c in comps] or [1.0]
+        summaries.append(
+            Summary(
+                path=path,
+                concurrency=concurrency,
+                rounds=len(mine),
+                rps=_median([r.rps for r in mine]),
+                p50_ms=_median([r.p50_ms for r in mine]),
+                p99_ms=_median([r.p99_ms for r in mine]),
+                throughput_vs_raw=_median(ratios),
+                vs_raw_min=min(ratios),
+                vs_raw_max=max(ratios),
+                added_p50_us=_median([c.added_p50_us for c in comps]) if comps else math.nan,
+                added_p99_us=_median([c.added_p99_us for c in comps]) if comps else math.nan,
+                other_cores=_median([r.other_cores for r in mine]),
+            )
+        )
+    return summaries
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -370,6 +430,7 @@ class Options:
     requests: int | None
     warmup: int
     timeout: float
+    repeat: int = 1
 
     def requests_at(self, concurrency: int) -> int:
         if self.requests is not None:
@@ -383,6 +444,7 @@ class Report:
     config: dict[str, Any]
     results: list[Result]
     comparisons: list[Comparison]
+    summaries: list[Summary]
     client_errors: list[str]  # asynchronous errors the bench's NATS client reported (slow consumer, ...)
 
 
@@ -454,17 +516,20 @@ async def bench(
             pids["nats-server"] = server_pid
         cpu = CpuMeter(pids)
         results: list[Result] = []
-        for concurrency in opts.levels:
-            total = opts.requests_at(concurrency)
-            for path in paths:
-                result = await measure(nc, path, concurrency, total, opts.warmup, opts.timeout, cpu)
-                results.append(result)
-                print(
-                    f"  {path.name:<13} c={concurrency:<4} {result.rps:>9,.0f} req/s  "
-                    f"p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  errors {result.errors}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for round_ in range(opts.repeat):
+            for concurrency in opts.levels:
+                total = opts.requests_at(concurrency)
+                for path in paths:
+                    result = await measure(nc, path, concurrency, total, opts.warmup, opts.timeout, cpu)
+                    result.round = round_
+                    results.append(result)
+                    print(
+                        f"  [{round_ + 1}/{opts.repeat}] {path.name:<13} c={concurrency:<4} "
+                        f"{result.rps:>9,.0f} req/s  "
+                        f"p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  errors {result.errors}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         machine = machine_info(nc)
     finally:
         await nc.close()
@@ -472,13 +537,15 @@ async def bench(
         "concurrency": opts.levels,
         "requests": {str(c): opts.requests_at(c) for c in opts.levels},
         "warmup": opts.warmup,
+        "repeat": opts.repeat,
         "request_timeout_s": opts.timeout,
         "payload": PAYLOAD,
         "prefix": prefix,
         "nats_url": url,
         "own_nats_server": server_pid is not None,
     }
-    return Report(machine, config, results, compare(results), client_errors)
+    comparisons = compare(results)
+    return Report(machine, config, results, comparisons, summarize(results, comparisons), client_errors)
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, str]:
@@ -528,22 +595,28 @@ def render(report: Report) -> str:
         f"{m['platform']} | nats-server {m['nats_server']} | nats-py {m['nats_py']} | loop {m['event_loop']}",
         "",
     ]
+    repeated = report.config.get("repeat", 1) > 1
     header = (
         f"{'path':<13} {'conc':>5} {'requests':>8} {'errors':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'vs raw':>7} {'+p50 us':>8} {'+p99 us':>8} {'cpu us/req':>10} {'other':>5}"
     )
+    if repeated:
+        header = f"{'round':>5} " + header
     lines += [header, "-" * len(header)]
-    by_key = {(c.path, c.concurrency): c for c in report.comparisons}
+    by_key = {(c.path, c.concurrency, c.round): c for c in report.comparisons}
     for r in report.results:
-        comp = by_key.get((r.path, r.concurrency))
+        comp = by_key.get((r.path, r.concurrency, r.round))
         ratio = _fmt(comp.throughput_vs_raw, ".3f") if comp else "1.000"
         add50 = _fmt(comp.added_p50_us, "+.0f") if comp else "-"
         add99 = _fmt(comp.added_p99_us, "+.0f") if comp else "-"
         p50, p99, cpu = _fmt(r.p50_ms, ".3f"), _fmt(r.p99_ms, ".3f"), _fmt(r.cpu_us_per_request, ".0f")
         lines.append(
-            f"{r.path:<13} {r.concurrency:>5} {r.ok:>8} {r.errors:>6} {r.rps:>9,.0f} {p50:>8} {p99:>8} "
+            (f"{r.round + 1:>5} " if repeated else "")
+            + f"{r.path:<13} {r.concurrency:>5} {r.ok:>8} {r.errors:>6} {r.rps:>9,.0f} {p50:>8} {p99:>8} "
             f"{ratio:>7} {add50:>8} {add99:>8} {cpu:>10} {r.other_cores:>5.2f}"
         )
+    if repeated:
+        lines += ["", *render_medians(report.summaries)]
     lines.append("")
     lines.append(
         "vs raw = throughput / raw throughput at the same concurrency; +p50/+p99 = added latency over raw;"
@@ -562,6 +635,22 @@ def render(report: Report) -> str:
     if report.client_errors:
         lines.append(f"NATS client errors: {len(report.client_errors)}, first: {report.client_errors[0]}")
     return "\n".join(lines)
+
+
+def render_medians(summaries: Sequence[Summary]) -> list[str]:
+    header = (
+        f"{'median of':<13} {'conc':>5} {'rounds':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs raw':>7} {'(min-max)':>13} {'+p50 us':>8} {'+p99 us':>8} {'other':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    for s in summaries:
+        spread = f"{s.vs_raw_min:.3f}-{s.vs_raw_max:.3f}" if s.path != "raw" else "-"
+        lines.append(
+            f"{s.path:<13} {s.concurrency:>5} {s.rounds:>6} {s.rps:>9,.0f} {_fmt(s.p50_ms, '.3f'):>8} "
+            f"{_fmt(s.p99_ms, '.3f'):>8} {s.throughput_vs_raw:>7.3f} {spread:>13} "
+            f"{_fmt(s.added_p50_us, '+.0f'):>8} {_fmt(s.added_p99_us, '+.0f'):>8} {s.other_cores:>5.2f}"
+        )
+    return lines
 
 
 def _no_nan(value: Any) -> Any:
@@ -586,6 +675,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "config": report.config,
         "results": results,
         "comparisons": [asdict(c) for c in report.comparisons],
+        "medians": [asdict(s) for s in report.summaries],
         "client_errors": report.client_errors,
     }
     return dict(_no_nan(document))
@@ -631,10 +721,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        help="measure everything this many times, interleaved, and add a table of medians (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     opts = Options(
-        levels=args.concurrency, requests=args.requests, warmup=max(0, args.warmup), timeout=args.timeout
+        levels=args.concurrency,
+        requests=args.requests,
+        warmup=max(0, args.warmup),
+        timeout=args.timeout,
+        repeat=args.repeat,
     )
 
     signal.signal(signal.SIGTERM, _interrupt)

@@ -154,7 +154,8 @@ async def serve_raw(url: str, prefix: str) -> None:
         for msg in messages:
             record(decode(msg.data))
             await msg.ack()
-    await nc.drain()
+    await nc.flush()  # the last acks
+    await nc.close()
 
 
 def serve_corral(url: str, prefix: str, concurrency: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from corral.protocol import Envelope, ErrorPayload, Heartbeat, ModuleRegistration, ModuleStatus, Response
+from corral.protocol import Envelope, ErrorPayload, Heartbeat, ModuleStatus, Response
 
 __all__ = ["Channel", "channels", "document"]
 
@@ -37,7 +37,17 @@ def channels() -> list[Channel]:
     from corral.orchestrator.breakers import BreakerEvent
     from corral.orchestrator.config_rollout import ConfigChange, ConfigGet, ConfigRollback, ConfigSet
     from corral.orchestrator.leader import LeaderEvent
+    from corral.orchestrator.messages import (
+        Deregister,
+        HistoryRequest,
+        ModuleRef,
+        Registration,
+        StartSystem,
+        StopModule,
+        StopSystem,
+    )
     from corral.orchestrator.service import BreakerReset, Subscribe
+    from corral.orchestrator.states import LifecycleAlert, LifecycleEvent
     from corral.scheduler.recurring_api import RecurringAdd, RecurringName
     from corral.scheduler.recurring_runner import TickEvent
     from corral.scheduling import messages as sched
@@ -151,8 +161,38 @@ def channels() -> list[Channel]:
         Channel(
             "register",
             "{prefix}.orchestrator.register",
-            "An SDK module asks to be told ready.",
-            ModuleRegistration,
+            "An SDK module asks to be told ready, and/or a descriptor joins the registry.",
+            Registration,
+        ),
+        *(
+            Channel(op, f"{{prefix}}.orchestrator.{verb}", text, struct)
+            for op, verb, struct, text in (
+                ("deregister", "deregister", Deregister, "Remove a stopped module nothing depends on."),
+                ("start_system", "start_system", StartSystem, "Start every module in dependency order."),
+                ("stop_system", "stop_system", StopSystem, "Stop every module in reverse order."),
+                ("start", "start", ModuleRef, "Start one module (its dependencies must be running)."),
+                ("stop", "stop", StopModule, "Stop one module (cascade: its dependents first)."),
+                ("restart", "restart", ModuleRef, "Stop and start one module."),
+                ("module", "module", ModuleRef, "One module's record and recent recoveries."),
+                ("recovery_history", "recovery.history", HistoryRequest, "A module's recovery history."),
+                ("registry", "registry", None, "Every module's record."),
+            )
+        ),
+        Channel(
+            "lifecycle_event",
+            "{prefix}.evt.lifecycle.{module}",
+            "A module's state change.",
+            LifecycleEvent,
+            None,
+            "publish",
+        ),
+        Channel(
+            "lifecycle_alert",
+            "{prefix}.evt.lifecycle.{module}.alert",
+            "A module waits for an operator.",
+            LifecycleAlert,
+            None,
+            "publish",
         ),
         Channel(
             "breaker_reset", "{prefix}.orchestrator.breaker.reset", "Close a module's breaker.", BreakerReset

@@ -335,10 +335,10 @@ async def publish_durable(
             delay = min(delay * 2, 1.0)
 
 
-# Pauses before asking again after "no responders". nats-server (seen on 2.15, loopback) now and
-# then answers 503 to a request published just after another connection's SUB was confirmed by a
-# PONG: about 1 request in 200-300 in a tight subscribe-then-request loop. Nothing was delivered,
-# so asking again is safe, and a service that has just started is found on the second try.
+# Pauses before asking again after "no responders". A responder that has only just subscribed
+# may not be known to the server yet: nats-py's `flush()` can overtake its own queued SUB (see
+# `round_trip`, which corral's services use), and other clients have the same window. Nothing was
+# delivered, so asking again is safe, and a responder that is just starting is found on a retry.
 NO_RESPONDERS_RETRY_DELAYS: tuple[float, ...] = (0.005, 0.02, 0.05)
 
 

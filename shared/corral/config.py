@@ -13,16 +13,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from cronsim import CronSim, CronSimError
 
+from corral import graph
 from corral.errors import ConfigError
 from corral.policy import BreakerConfig, BulkheadConfig, CallPolicy
 from corral.protocol import parse_priority
 from corral.subjects import DEFAULT_PREFIX, SERVICES, validate_token
 
 __all__ = [
+    "STRATEGIES",
     "ModuleConfig",
     "NatsConfig",
     "RecurringConfig",
     "ResourceLimits",
+    "RestartPolicy",
     "SchedulerConfig",
     "ServiceConfig",
     "SystemConfig",
@@ -70,8 +73,9 @@ class ResourceLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     cpu_percent: Annotated[float, msgspec.Meta(gt=0)] | None = None
     memory_mb: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    open_files: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # A Python process with a NATS connection needs a dozen descriptors before it does anything.
+    open_files: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] | None = None
+    threads: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
 
     def exceeded(self, cpu_percent: float, rss_bytes: int, open_fds: int, threads: int) -> list[str]:
         """The names of the limits these figures are over."""
@@ -85,6 +89,43 @@ class ResourceLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.threads is not None and threads > self.threads:
             over.append("threads")
         return over
+
+
+Strategy = Literal["restart", "restart_with_reset", "degraded", "system_restart", "manual"]
+STRATEGIES: tuple[str, ...] = ("restart", "restart_with_reset", "degraded", "system_restart", "manual")
+
+
+class RestartPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[modules.<name>.restart]`: what the orchestrator does when the module fails.
+
+    `max_attempts` recoveries within `window` seconds is the restart intensity; one more failure
+    in the window escalates to the next strategy of `escalation`, and past the last one the
+    module is marked failed and an alert is published.
+    """
+
+    strategy: Strategy = "restart"
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    window: PositiveSeconds = 60.0
+    backoff_initial: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    backoff_multiplier: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
+    backoff_max: PositiveSeconds = 30.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2  # up to this share taken off a delay
+    escalation: list[Strategy] = []
+
+    def __post_init__(self) -> None:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max:g}) is below backoff_initial ({self.backoff_initial:g})"
+            )
+        chain = [self.strategy, *self.escalation]
+        if len(set(chain)) != len(chain):
+            raise ValueError(f"escalation repeats a strategy: {' -> '.join(chain)}")
+        if "manual" in chain[:-1]:
+            raise ValueError("manual waits for an operator, so it can only be the last strategy")
+
+    @property
+    def chain(self) -> list[str]:
+        return [self.strategy, *self.escalation]
 
 
 _DURATION_PARTS = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -211,6 +252,12 @@ class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_timeout: PositiveSeconds = 10.0
     metrics_port: Port = 0
     config: dict[str, Any] = {}
+    instances: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # process and wasm: how many to launch
+    critical: bool = False  # may use the system_restart strategy
+    restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
+    # Failure detection: heartbeats missing for unhealthy_threshold intervals is a failure.
+    heartbeat_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     # How the orchestrator protects callers from this module (see corral.policy).
     timeout: PositiveSeconds = 30.0
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
@@ -224,8 +271,14 @@ class ModuleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefix: str = DEFAULT_PREFIX
     log_dir: str = ".corral/logs"
+    log_max_mb: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # a module's log is rotated past this size
+    log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3  # rotated files kept (<name>.log.1 ...)
     grace_period: PositiveSeconds = 10.0  # how long `corral up` waits for each process to drain
     startup_timeout: PositiveSeconds = 30.0  # per service
+    # The orchestrator's start_system: modules whose dependencies are running start together
+    # (true) or one at a time, module_start_delay seconds apart (false).
+    parallel_startup: bool = True
+    module_start_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     services: dict[str, ServiceConfig] = {}
     modules: dict[str, ModuleConfig] = {}
@@ -240,20 +293,21 @@ class SystemConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         candidate = Path(path)
         return candidate if candidate.is_absolute() else Path(self.root) / candidate
 
-    def _wasm_adapter_argv(self, name: str) -> list[str]:
+    def _wasm_adapter_argv(self, name: str, module: ModuleConfig) -> list[str]:
         """One wasm adapter process per module. It reads the module's file and sandbox from
         corral.toml and exits with code 2 naming a bad file or sandbox field."""
         adapter = [sys.executable, "-m", "corral.adapters.wasm"]
-        if self.source:
+        if self.source and self.modules.get(name) is module:
             return [*adapter, "--config", self.source, "--only", name]
-        module = self.modules[name]  # built in code, not loaded from a file
+        # built in code or registered at run time, not read from the file
         sandbox = msgspec.json.encode(module.sandbox).decode()
         return [*adapter, "--module", f"{name}={self.resolve(module.file)}", "--sandbox", f"{name}={sandbox}"]
 
-    def module_argv(self, name: str) -> list[str]:
-        module = self.modules[name]
+    def module_argv(self, name: str, module: ModuleConfig | None = None) -> list[str]:
+        """The resolved command of a module of this file (or of `module`, registered at run time)."""
+        module = module or self.modules[name]
         if module.kind == "wasm":
-            return self._wasm_adapter_argv(name)
+            return self._wasm_adapter_argv(name, module)
         argv = []
         for arg in module.command:
             arg = arg.replace("{python}", sys.executable)
@@ -340,22 +394,40 @@ def validate(config: SystemConfig) -> None:
                 f"unknown service [services.{name}]: corral's services are {', '.join(SERVICES)}"
             )
     for name, module in config.modules.items():
-        validate_token(name, "module name")
-        if name in SERVICES:
-            raise ValueError(f"module {name!r} has the name of a corral service; choose another name")
-        if module.kind == "process" and not module.command:
-            raise ValueError(
-                f"module {name!r} is a process but has no command - at `$.modules.{name}.command`"
-            )
-        if module.kind == "wasm" and not module.file:
-            raise ValueError(f"module {name!r} is a wasm module but has no file - at `$.modules.{name}.file`")
-        if module.kind != "wasm" and (module.file or module.sandbox):
-            raise ValueError(
-                f'module {name!r}: file and sandbox are for kind = "wasm" - at `$.modules.{name}.kind`'
-            )
+        validate_module(name, module)
     for name in config.scheduler.recurring:
         validate_token(name, f"recurring task name [scheduler.recurring.{name}]")
     start_layers(config.modules)
+
+
+def validate_module(name: str, module: ModuleConfig) -> None:
+    """Checks of one module's name and fields that the types alone do not make."""
+    validate_token(name, "module name")
+    if name in SERVICES:
+        raise ValueError(f"module {name!r} has the name of a corral service; choose another name")
+    if module.kind == "process" and not module.command:
+        raise ValueError(f"module {name!r} is a process but has no command - at `$.modules.{name}.command`")
+    if module.kind == "wasm" and not module.file:
+        raise ValueError(f"module {name!r} is a wasm module but has no file - at `$.modules.{name}.file`")
+    if module.kind != "wasm" and (module.file or module.sandbox):
+        raise ValueError(
+            f'module {name!r}: file and sandbox are for kind = "wasm" - at `$.modules.{name}.kind`'
+        )
+    if "system_restart" in module.restart.chain and not module.critical:
+        raise ValueError(
+            f"module {name!r}: the system_restart strategy is for modules marked critical = true "
+            f"- at `$.modules.{name}.restart.strategy`"
+        )
+    if module.metrics_port > 0 and module.instances > 1:
+        raise ValueError(
+            f"module {name!r}: {module.instances} instances cannot share metrics_port {module.metrics_port}; "
+            f"use 0 (any free port) - at `$.modules.{name}.metrics_port`"
+        )
+    if module.kind == "external" and module.command:
+        raise ValueError(
+            f"module {name!r} is external (started by someone else) but has a command "
+            f"- at `$.modules.{name}.command`"
+        )
 
 
 def start_layers(modules: dict[str, ModuleConfig]) -> list[list[str]]:
@@ -363,36 +435,4 @@ def start_layers(modules: dict[str, ModuleConfig]) -> list[list[str]]:
 
     Raises ValueError for an unknown dependency or a cycle, naming it (`a -> b -> a`).
     """
-    for name, module in modules.items():
-        for dep in module.depends_on:
-            if dep not in modules:
-                known = ", ".join(sorted(modules)) or "none"
-                raise ValueError(f"module {name!r} depends on unknown module {dep!r} (modules: {known})")
-    _refuse_cycles(modules)
-    layers: list[list[str]] = []
-    placed: set[str] = set()
-    while len(placed) < len(modules):
-        layer = sorted(n for n, m in modules.items() if n not in placed and set(m.depends_on) <= placed)
-        layers.append(layer)
-        placed.update(layer)
-    return layers
-
-
-def _refuse_cycles(modules: dict[str, ModuleConfig]) -> None:
-    visiting: list[str] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        if name in visiting:
-            cycle = [*visiting[visiting.index(name) :], name]
-            raise ValueError(f"dependency cycle: {' -> '.join(cycle)}")
-        visiting.append(name)
-        for dep in modules[name].depends_on:
-            visit(dep)
-        visiting.pop()
-        done.add(name)
-
-    for name in sorted(modules):
-        visit(name)
+    return graph.start_layers({name: m.depends_on for name, m in modules.items()})

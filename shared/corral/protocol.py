@@ -15,6 +15,8 @@ import msgspec
 
 __all__ = [
     "CONTENT_TYPE_HEADER",
+    "DIRECT_REPLY_GRACE",
+    "DIRECT_REPLY_HEADER",
     "JSON",
     "MSGPACK",
     "MSGPACK_CONTENT_TYPE",
@@ -29,6 +31,8 @@ __all__ = [
     "ModuleHealth",
     "ModuleRegistration",
     "ModuleStatus",
+    "Outcome",
+    "OutcomeBatch",
     "Priority",
     "Response",
     "codec_for",
@@ -42,6 +46,13 @@ MSGPACK_CONTENT_TYPE: Final = "application/msgpack"
 TRACEPARENT_HEADER: Final = "traceparent"
 # Per-request deadline in seconds, as an alternative to the Envelope's `timeout` field.
 TIMEOUT_HEADER: Final = "Corral-Timeout"
+# Direct reply (see corral.runtime.direct): on a request the orchestrator forwards to an SDK
+# module, "<caller's inbox> <seconds left>" (subjects have no spaces). Short on purpose: nats-py
+# spends time per header character on both sides, on every call.
+DIRECT_REPLY_HEADER: Final = "Corral-Direct-Reply"
+# How long after a directly answered call's deadline the orchestrator waits for its outcome
+# report before answering TIMEOUT itself; a module sends nothing later than half of it.
+DIRECT_REPLY_GRACE: Final = 1.0
 
 
 class ErrorCode(enum.StrEnum):
@@ -136,6 +147,19 @@ class Envelope(msgspec.Struct, omit_defaults=True):
 class ErrorPayload(msgspec.Struct):
     code: ErrorCode
     errors: list[str]
+
+
+class Outcome(msgspec.Struct, array_like=True):
+    """How one directly answered call ended, as the module reports it to the orchestrator."""
+
+    call: str  # the reply subject of the forwarded request: the orchestrator's key for the call
+    code: str  # "ok", or the ErrorCode value of the reply the module sent
+
+
+class OutcomeBatch(msgspec.Struct):
+    """Outcome reports a module instance sends one orchestrator in one message."""
+
+    outcomes: list[Outcome]
 
 
 class Response(msgspec.Struct):

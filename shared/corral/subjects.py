@@ -11,7 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_PREFIX", "EVENT_OWNERS", "EVENT_SOURCES", "SERVICES", "Subjects", "validate_token"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "EVENT_OWNERS",
+    "EVENT_SOURCES",
+    "OUTCOMES_TOKEN",
+    "SERVICES",
+    "Subjects",
+    "outcomes_subject",
+    "validate_token",
+]
 
 DEFAULT_PREFIX: Final = "corral"
 
@@ -213,4 +222,16 @@ class Subjects:
 # The Services API (`nats micro`) control subjects are fixed by the NATS spec, not by our prefix.
 SRV_PING: Final = "$SRV.PING"
 SRV_INFO: Final = "$SRV.INFO"
+
+# Direct reply (corral.runtime.direct): the orchestrator forwards with reply subjects
+# `<its inbox>.<token>`, and takes outcome reports on `<its inbox>.outcomes`. The module
+# derives the second from the first, so the forward need not carry it.
+OUTCOMES_TOKEN: Final = "outcomes"
+
+
+def outcomes_subject(forward_reply: str) -> str:
+    """Where a module reports the outcome of a call forwarded with reply subject `forward_reply`."""
+    return forward_reply.rpartition(".")[0] + "." + OUTCOMES_TOKEN
+
+
 SRV_STATS: Final = "$SRV.STATS"

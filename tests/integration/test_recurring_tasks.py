@@ -202,3 +202,18 @@ async def test_a_refused_tick_is_submitted_again_within_grace(
     # The tick that was refused is the one submitted (retried every second within grace).
     assert submitted["tick"] == failed[-1]["tick"]
     await until(lambda: submitted["task_id"] in beats, 10, "the retried tick's task to run")
+
+
+async def test_a_cron_schedule_submits_at_its_matches(
+    nc: Client, settings: ServiceSettings, prefix: str, beats: Counter[str]
+) -> None:
+    every_two = msgspec.convert({"type": "beat", "cron": "*/2 * * * * *"}, RecurringConfig)
+    events, sub = await tick_events(nc, prefix, "even")
+    async with replica(settings, "a", {"even": every_two}):
+        await until(lambda: len(events) >= 2, 10, "two cron ticks")
+    await sub.unsubscribe()
+    ticks = [e["tick"] for e in events]
+    assert all(tick % 2 == 0 for tick in ticks)  # even seconds, as the expression says
+    assert ticks[1] - ticks[0] == 2
+    assert {e["outcome"] for e in events} == {"submitted"}
+    await until(lambda: {e["task_id"] for e in events} <= set(beats), 10, "both ticks' tasks to run")

@@ -148,6 +148,52 @@ def test_cli_breakers_and_status_show_call_statistics(corral_up: CorralUp, nats_
     assert "NOT_FOUND: no breaker for module 'ghost'; breakers: interpreter" in unknown.stderr
 
 
+def test_cli_lifecycle_commands(corral_up: CorralUp, nats_url: str) -> None:
+    env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "corral.cli.main", *args],
+            env=env, cwd=corral_up.workdir, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    listed = corral("modules")
+    assert listed.returncode == 0, listed.stderr
+    for name in EXAMPLE_MODULES:
+        assert name in listed.stdout
+    old_pid = corral_up.pids()["compiler"]
+    restarted = corral("restart", "compiler")
+    assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stdout.startswith("compiler: running (pid ")
+    new_pid = int(restarted.stdout.split("(pid ")[1].split(")")[0])
+    assert new_pid != old_pid
+    assert psutil.pid_exists(new_pid)
+    assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
+    assert (
+        corral(
+            "send", "compiler", "compile", '{"source": "IF x > 10 THEN y := 5", "language": "algol"}'
+        ).returncode
+        == 0
+    )
+
+    status = corral("status", "--module", "compiler")
+    assert status.returncode == 0, status.stderr
+    assert "module compiler: running" in status.stdout
+    assert "restart policy: restart, at most 5 in 60s" in status.stdout
+    assert f"pid {new_pid}" in status.stdout
+
+    stopped = corral("stop", "organism")
+    assert stopped.stdout.startswith("organism: stopped (pid "), stopped.stderr
+    assert corral("start", "organism").stdout.startswith("organism: running (pid ")
+    ghost = corral("restart", "ghost")
+    assert ghost.returncode == 1
+    assert "NOT_FOUND: no module 'ghost' in the registry" in ghost.stderr
+
+    logs = corral("logs", "compiler", "-n", "200")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.count("launching compiler-") == 2  # the first launch and the restart
+
+
 def test_the_demo_worker_runs_tasks_submitted_from_the_cli(corral_up: CorralUp, nats_url: str) -> None:
     env = {**os.environ, "NATS_URL": nats_url, "CORRAL_PREFIX": corral_up.prefix}
     done = subprocess.run(

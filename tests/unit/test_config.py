@@ -168,6 +168,33 @@ def test_a_known_service_section_is_accepted(tmp_path: Path) -> None:
             '[modules.x]\nkind = "process"\ncommand = []\n',
             "module 'x' is a process but has no command - at `$.modules.x.command`",
         ),
+        (
+            '[modules.x]\ncommand = ["a"]\n[modules.x]\ncommand = ["b"]\n',
+            "Cannot declare ('modules', 'x') twice (at line 3, column 11)",
+        ),
+        (
+            '[modules.x]\ncommand = ["a"]\n[modules.x.limits]\nopen_files = 4\n',
+            "Expected `int` >= 16 - at `$.modules.x.limits.open_files`",
+        ),
+        (
+            '[modules.x]\ncommand = ["a"]\n[modules.x.restart]\nstrategy = "system_restart"\n',
+            "module 'x': the system_restart strategy is for modules marked critical = true "
+            "- at `$.modules.x.restart.strategy`",
+        ),
+        (
+            '[modules.x]\ncommand = ["a"]\n[modules.x.restart]\nbackoff_initial = 5.0\nbackoff_max = 1.0\n',
+            "backoff_max (1) is below backoff_initial (5) - at `$.modules.x.restart`",
+        ),
+        (
+            '[modules.x]\ncommand = ["a"]\ninstances = 2\nmetrics_port = 9100\n',
+            "module 'x': 2 instances cannot share metrics_port 9100; use 0 (any free port) "
+            "- at `$.modules.x.metrics_port`",
+        ),
+        (
+            '[modules.x]\nkind = "external"\ncommand = ["a"]\n',
+            "module 'x' is external (started by someone else) but has a command - at `$.modules.x.command`",
+        ),
+        ('parallel_startup = "yes"\n', "Expected `bool`, got `str` - at `$.parallel_startup`"),
     ],
 )
 def test_invalid_names_and_modules_are_refused(tmp_path: Path, text: str, message: str) -> None:

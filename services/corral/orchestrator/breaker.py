@@ -92,6 +92,7 @@ class CircuitBreaker:
         self._since_wall = self.wall_clock()
         self._open_until = 0.0
         self._window: deque[bool] = deque(maxlen=self.config.window_size)  # True = failure
+        self._failures = 0  # failures in the window, kept as it changes (judged on every call)
         self._consecutive = 0
         self._last_failure = 0.0
         self._probes_in_flight = 0
@@ -128,10 +129,10 @@ class CircuitBreaker:
             self._open(now, "no probe verdict within max_half_open")  # HALF_OPEN -> OPEN (stuck)
         elif (
             self.state is BreakerState.CLOSED
-            and any(self._window)  # only failures age out; a window of successes is kept
+            and self._failures  # only failures age out; a window of successes is kept
             and now - self._last_failure >= self.config.reset_timeout
         ):
-            self._window.clear()  # CLOSED: failures are old news
+            self._clear_window()  # CLOSED: failures are old news
             self._consecutive = 0
 
     # --- outcomes ----------------------------------------------------------------------------
@@ -155,7 +156,12 @@ class CircuitBreaker:
                 self.opens = 0
                 self._transition(BreakerState.CLOSED, "probes succeeded")  # HALF_OPEN -> CLOSED
             return
-        self._window.append(not ok)
+        window = self._window
+        if len(window) == window.maxlen and window[0]:
+            self._failures -= 1  # the failure about to drop out of the window
+        window.append(not ok)
+        if not ok:
+            self._failures += 1
         if ok:
             self._consecutive = 0
         else:
@@ -169,7 +175,7 @@ class CircuitBreaker:
             self._open(now, f"{self._consecutive} consecutive failures, last: {reason}")  # CLOSED -> OPEN
             return
         if len(self._window) >= self.config.minimum_calls:
-            rate = sum(self._window) / len(self._window)
+            rate = self._failures / len(self._window)
             if rate >= self.config.failure_rate_threshold:
                 last = f", last: {reason}" if self._window[-1] else ""
                 self._open(now, f"failure rate {rate:.0%} over {len(self._window)} calls{last}")
@@ -177,6 +183,10 @@ class CircuitBreaker:
     def _release(self, permit: Permit) -> None:
         if permit.probe and permit.generation == self.generation:
             self._probes_in_flight -= 1
+
+    def _clear_window(self) -> None:
+        self._window.clear()
+        self._failures = 0
 
     # --- transitions -------------------------------------------------------------------------
     def _open(self, now: float, reason: str) -> None:
@@ -201,7 +211,7 @@ class CircuitBreaker:
         if new is not BreakerState.OPEN:
             self._open_until = 0.0
         if new is BreakerState.CLOSED:
-            self._window.clear()
+            self._clear_window()
             self._consecutive = 0
         if self.on_transition is not None:
             self.on_transition(self.snapshot(), old)
@@ -219,7 +229,7 @@ class CircuitBreaker:
             else 0.0,
             opens=self.opens,
             reason=self.reason,
-            failure_rate=round(sum(self._window) / window, 3) if window else 0.0,
+            failure_rate=round(self._failures / window, 3) if window else 0.0,
             calls_in_window=window,
         )
 

@@ -11,14 +11,16 @@ from contextlib import asynccontextmanager
 
 from corral.errors import CallTimeoutError, OverloadedError
 from corral.policy import BulkheadConfig
+from corral.runtime.deadlines import Deadlines
 
 __all__ = ["Bulkhead"]
 
 
 class Bulkhead:
-    def __init__(self, module: str, config: BulkheadConfig) -> None:
+    def __init__(self, module: str, config: BulkheadConfig, deadlines: Deadlines | None = None) -> None:
         self.module = module
         self.config = config
+        self._deadlines = deadlines or Deadlines()  # queue timeouts, without a loop timer each
         self.in_flight = 0
         # A heap of (priority, arrival, future); futures of callers who gave up stay in the heap
         # until popped, so `queued` counts only live ones.
@@ -29,14 +31,27 @@ class Bulkhead:
     @asynccontextmanager
     async def slot(self, priority: int, timeout: float) -> AsyncIterator[None]:
         """Hold one of the module's call slots; waiting counts against `timeout`."""
-        if self.in_flight < self.config.max_concurrent and not self.queued:
-            self.in_flight += 1  # fast path: free slot, nobody ahead
-        else:
-            await self._wait(priority, timeout)
+        await self.acquire(priority, timeout)
         try:
             yield
         finally:
-            self._hand_over()
+            self.release()
+
+    async def acquire(self, priority: int, timeout: float) -> None:
+        """`slot()` without the context manager: then `release()` exactly once."""
+        if not self.try_acquire():
+            await self._wait(priority, timeout)
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits ahead; then `release()` it exactly once."""
+        if self.in_flight < self.config.max_concurrent and not self.queued:
+            self.in_flight += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give back a slot taken with `try_acquire()` (or held by `slot()`)."""
+        self._hand_over()
 
     async def _wait(self, priority: int, timeout: float) -> None:
         if self.queued >= self.config.max_queue:
@@ -62,7 +77,7 @@ class Bulkhead:
 
         # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands just as the slot is
         # handed over, and the cancelled caller would go on to make its call.
-        deadline = loop.call_later(timeout, expire)
+        deadline = self._deadlines.add(timeout, expire)
         try:
             await asyncio.shield(waiter)  # our cancellation must not cancel the waiter behind our back
         except asyncio.CancelledError:
@@ -80,7 +95,7 @@ class Bulkhead:
                 self.queued -= 1
             raise
         finally:
-            deadline.cancel()
+            self._deadlines.cancel(deadline)
 
     def _hand_over(self) -> None:
         """Give the freed slot to the most urgent live waiter, or return it."""

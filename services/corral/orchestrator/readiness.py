@@ -11,7 +11,9 @@ dependencies has an instance that says it is ready:
 * a module that has no status verb (a WebAssembly module, which serves as soon as it is
   registered) counts as ready once it is registered with the Services API.
 
-Asking is fresh (no heartbeat ages to guess) and needs no other service. A module without
+A dependency the orchestrator's lifecycle manages (it is in the module registry) counts as ready
+exactly when its lifecycle state is running or degraded; the lifecycle wakes the gate on every
+state change. Asking is fresh (no heartbeat ages to guess) and needs no other service. A module without
 dependencies is told at once. Modules re-register every few seconds while they wait, so the gate
 rebuilds itself after an orchestrator restart and a lost `ready` is sent again.
 """
@@ -22,13 +24,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from corral.discovery import discover, module_statuses
-from corral.protocol import ModuleRegistration
+from corral.protocol import ModuleRegistration, ModuleStatus
 from corral.subjects import Subjects
 
 __all__ = ["ReadinessGate"]
@@ -36,6 +41,14 @@ __all__ = ["ReadinessGate"]
 log = logging.getLogger("corral.orchestrator")
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _Ack(msgspec.Struct):
+    success: bool
+    payload: ModuleStatus | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_Ack).decode
 
 
 @dataclass(slots=True)
@@ -55,8 +68,23 @@ class RegisterReply(msgspec.Struct):
 
 class ReadinessGate:
     def __init__(
-        self, nc: Client, subjects: Subjects, *, interval: float = 0.5, status_wait: float = 0.25
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        interval: float = 0.5,
+        status_wait: float = 0.25,
+        is_up: Callable[[str], bool | None] | None = None,
+        on_told: Callable[[str], None] | None = None,
+        on_ack: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        """`is_up(module)`: the lifecycle's answer for a module it manages, None for others;
+        `on_told(module)` runs after each `ready` sent, `on_ack(module, instance, started)` for
+        each instance's answer to it."""
+        self.is_up = is_up
+        self.on_told = on_told
+        self.on_ack = on_ack
+        self._acks: Subscription | None = None
         self.nc = nc
         self.subjects = subjects
         self.interval = interval
@@ -71,6 +99,10 @@ class ReadinessGate:
             self._task = asyncio.create_task(self._loop(), name="readiness-gate")
 
     async def stop(self) -> None:
+        if self._acks is not None:
+            with contextlib.suppress(Exception):
+                await self._acks.unsubscribe()
+            self._acks = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -89,6 +121,20 @@ class ReadinessGate:
         self._wake.set()
         pending = [dep for dep in reg.depends_on if dep not in self._ready_deps]
         return RegisterReply(reg.module, reg.instance, list(reg.depends_on), pending)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            reply = _decode_ack(msg.data)
+        except msgspec.DecodeError:
+            return
+        if reply.success and reply.payload is not None and reply.payload.ready and self.on_ack is not None:
+            status = reply.payload
+            self.on_ack(status.module, status.instance, status.started)
+
+    def wake(self) -> None:
+        """Check now (a dependency may have changed state)."""
+        if self.waiting:
+            self._wake.set()
 
     def snapshot(self) -> dict[str, list[str]]:
         """Waiting module -> its dependencies."""
@@ -117,6 +163,9 @@ class ReadinessGate:
                 await self._tell_ready(name, waiting.depends_on)
 
     async def _is_ready(self, dep: str) -> bool:
+        managed = self.is_up(dep) if self.is_up is not None else None
+        if managed is not None:
+            return managed
         prefix = self.subjects.prefix
         statuses = await module_statuses(self.nc, prefix, dep, wait=self.status_wait, until_ready=True)
         if statuses:
@@ -130,4 +179,13 @@ class ReadinessGate:
 
     async def _tell_ready(self, module: str, depends_on: list[str]) -> None:
         log.info("module %s: dependencies ready (%s); telling it to serve", module, ", ".join(depends_on))
-        await self.nc.publish(self.subjects.modctl(module, "ready"), _encode({"dependencies": depends_on}))
+        if self._acks is None:
+            # Every instance answers `ready` with its status; one inbox collects the answers.
+            self._acks = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_ack)
+        await self.nc.publish(
+            self.subjects.modctl(module, "ready"),
+            _encode({"dependencies": depends_on}),
+            reply=self._acks.subject,
+        )
+        if self.on_told is not None:
+            self.on_told(module)

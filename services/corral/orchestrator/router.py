@@ -5,6 +5,12 @@ take a bulkhead slot (queued by priority; OVERLOADED when the queue is full), fo
 payload as the raw bytes the caller sent (never decoded and re-encoded) with the smallest of
 the module's, the Envelope's and the header's timeout, retry idempotent types on request,
 and return the module's reply bytes as they came.
+
+A module whose instances all answer directly (SDK modules; corral.runtime.direct) gets the
+call with the caller's inbox in `Corral-Direct-Reply`: it answers the caller itself and reports
+the outcome, which settles the breaker permit, the bulkhead slot and the statistics here as
+a reply would. Calls with retries, and modules that do not advertise it (the WASM adapter,
+`external` modules), go through the orchestrator both ways.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from corral.orchestrator.breaker import CircuitBreaker, Permit
 from corral.orchestrator.breakers import BreakerBoard
 from corral.orchestrator.bulkhead import Bulkhead
 from corral.orchestrator.catalog import ModuleCatalog
+from corral.orchestrator.mux import OutcomeLostError, Reported, RequestMux
 from corral.orchestrator.stats import ModuleStats
 from corral.policy import CallPolicy
 from corral.protocol import (
+    DIRECT_REPLY_GRACE,
+    DIRECT_REPLY_HEADER,
     TIMEOUT_HEADER,
     TRACEPARENT_HEADER,
     Codec,
@@ -37,10 +46,11 @@ from corral.protocol import (
     describe_decode_error,
 )
 from corral.runtime import Reply, error_reply
+from corral.runtime.deadlines import Deadlines
 from corral.runtime.endpoints import ERROR_CODE_HEADER, exception_reply
 from corral.subjects import Subjects
 
-__all__ = ["CallRouter", "ModuleRoute"]
+__all__ = ["Admission", "CallRouter", "ModuleRoute"]
 
 _FORWARDED_HEADERS = ("Content-Type", TRACEPARENT_HEADER, "tracestate")
 # Outcomes that say the module is unwell (they count for its breaker and may be retried).
@@ -48,6 +58,18 @@ _MODULE_FAULTS = frozenset(
     {ErrorCode.TIMEOUT.value, ErrorCode.MODULE_ERROR.value, ErrorCode.UNAVAILABLE.value}
 )
 _RETRY_BASE_DELAY = 0.05
+# A directly answered call whose report was lost in a reconnect: it may well have succeeded.
+OUTCOME_UNKNOWN = "UNKNOWN"
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request that passed validation: which module, how to encode, what, and how long."""
+
+    module: str
+    codec: Codec
+    envelope: Envelope
+    timeout: float
 
 
 @dataclass(slots=True)
@@ -71,8 +93,10 @@ class CallRouter:
         board: BreakerBoard,
         catalog: ModuleCatalog,
         max_request_bytes: int,
+        mux: RequestMux,
     ) -> None:
         self.nc = nc
+        self.mux = mux
         self.subjects = subjects
         self.policy_for = policy_for
         self.default_policy = default_policy
@@ -83,19 +107,24 @@ class CallRouter:
         self.watched_types: set[str] = set()  # types someone subscribed to (see subscriptions.py)
         self.routed = 0
         self._send_prefix = subjects.send("")  # "corral.send."
+        self._deadlines = Deadlines()  # every bulkhead's queue timeouts
 
     def route(self, module: str) -> ModuleRoute:
         route = self.routes.get(module)
         if route is None:
             policy = self.policy_for.get(module, self.default_policy)
             route = ModuleRoute(
-                policy, self.board.get(module), Bulkhead(module, policy.bulkhead), ModuleStats()
+                policy,
+                self.board.get(module),
+                Bulkhead(module, policy.bulkhead, self._deadlines),
+                ModuleStats(),
             )
             self.routes[module] = route
         return route
 
     # --- the request -------------------------------------------------------------------------
-    async def handle(self, msg: Msg) -> Reply:
+    def admit(self, msg: Msg) -> Reply | Admission:
+        """Check a request before any call state is touched: a VALIDATION reply, or what to call."""
         codec = codec_for(msg.headers)
         module = msg.subject[len(self._send_prefix) :]
         if not module or "." in module:
@@ -119,11 +148,26 @@ class CallRouter:
             return error_reply(
                 codec, "send", ErrorCode.VALIDATION, describe_decode_error(exc, codec, "envelope")
             )
-        route = self.route(module)
+        route = self.routes.get(module)
+        policy = route.policy if route is not None else self.policy_for.get(module, self.default_policy)
         try:
-            timeout = self._timeout(envelope, msg, route.policy)
+            timeout = self._timeout(envelope, msg, policy)
         except ValueError as exc:
             return error_reply(codec, envelope.type, ErrorCode.VALIDATION, str(exc))
+        return Admission(module, codec, envelope, timeout)
+
+    async def handle(self, msg: Msg) -> Reply:
+        """The task path: every request the fast path (fastpath.py) declined."""
+        admission = self.admit(msg)
+        if isinstance(admission, Reply):
+            return admission
+        module, codec, envelope, timeout = (
+            admission.module,
+            admission.codec,
+            admission.envelope,
+            admission.timeout,
+        )
+        route = self.route(module)
         self.routed += 1
         if self.watched_types and envelope.type in self.watched_types:
             await self.nc.publish(
@@ -131,10 +175,14 @@ class CallRouter:
             )
         started = time.perf_counter()
         reply = await self._guarded(module, route, envelope, msg, codec, timeout)
-        route.stats.record(reply.code, time.perf_counter() - started)
+        self.record(module, route, reply, time.perf_counter() - started)
+        return reply
+
+    def record(self, module: str, route: ModuleRoute, reply: Reply, seconds: float) -> None:
+        """The call's statistics, once per call."""
+        route.stats.record(reply.code, seconds)
         if reply.code == ErrorCode.NOT_FOUND.value and route.stats.calls == 1:
             self._forget(module)  # do not keep state for names nobody serves
-        return reply
 
     def _timeout(self, envelope: Envelope, msg: Msg, policy: CallPolicy) -> float:
         """The smallest of the module's timeout, the Envelope's `timeout` and the Corral-Timeout header."""
@@ -165,19 +213,24 @@ class CallRouter:
         except CircuitOpenError as exc:
             return exception_reply(codec, envelope.type, exc)
         deadline = asyncio.get_running_loop().time() + timeout
+        bulkhead = route.bulkhead
         try:
-            async with route.bulkhead.slot(int(envelope.priority), timeout):
+            await bulkhead.acquire(int(envelope.priority), timeout)
+            try:
                 reply = await self._call_with_retries(module, envelope, msg, codec, deadline, timeout)
-            self._judge(permit, reply, deadline - timeout)
+            finally:
+                bulkhead.release()
+            self.judge(permit, reply, asyncio.get_running_loop().time() - (deadline - timeout))
             return reply
         except CorralError as exc:  # OVERLOADED or no slot in time: our queue, not the module's fault
             return exception_reply(codec, envelope.type, exc)
         finally:
             permit.release()  # no-op once judged; frees a half-open probe slot on any other exit
 
-    def _judge(self, permit: Permit, reply: Reply, started: float) -> None:
+    def judge(self, permit: Permit, reply: Reply, seconds: float) -> None:
+        """Tell the breaker how the call went (`seconds`: how long it took)."""
         if reply.success:
-            permit.success(asyncio.get_running_loop().time() - started)
+            permit.success(seconds)
         elif reply.code in _MODULE_FAULTS:
             permit.failure(reply.code)
         # VALIDATION, NOT_FOUND, ...: the caller's mistake says nothing about the module.
@@ -210,27 +263,64 @@ class CallRouter:
         self, module: str, envelope: Envelope, msg: Msg, codec: Codec, remaining: float, timeout: float
     ) -> Reply:
         """One request to the module, waiting `remaining` seconds of the call's `timeout`."""
-        headers = {k: v for k in _FORWARDED_HEADERS if msg.headers and (v := msg.headers.get(k))} or None
+        headers = self.forwarded_headers(msg)
+        direct = bool(msg.reply) and not envelope.retries and self.catalog.answers_directly(module)
+        wait = remaining
+        if direct:
+            headers = headers or {}
+            headers[DIRECT_REPLY_HEADER] = f"{msg.reply} {remaining:.6g}"
+            wait = remaining + DIRECT_REPLY_GRACE  # the module answers TIMEOUT itself at `remaining`
         try:
-            response = await self.nc.request(
+            answer = await self.mux.request(
                 self.subjects.module(module, envelope.type),
                 envelope.payload_bytes,
-                timeout=timeout,
-                headers=headers,
+                wait,
+                headers,
+                direct=direct,
             )
         except nats.errors.NoRespondersError:
-            return await self._no_responders(module, envelope.type, codec)
+            return await self.no_responders(module, envelope.type, codec)
+        except OutcomeLostError:
+            return self.outcome_unknown()
         except nats.errors.TimeoutError:
-            return error_reply(
-                codec,
-                envelope.type,
-                ErrorCode.TIMEOUT,
-                f"module {module!r} did not answer {envelope.type!r} within {timeout:g}s",
-            )
+            return self.timeout_reply(codec, module, envelope.type, timeout, direct)
+        if isinstance(answer, Reported):
+            return Reply(b"", None, answer.code == "ok", answer.code, answered=True)
+        return self.reply_from(answer)
+
+    # --- replies (shared with the fast path) -------------------------------------------------
+    @staticmethod
+    def forwarded_headers(msg: Msg) -> dict[str, str] | None:
+        if not msg.headers:
+            return None
+        return {k: v for k in _FORWARDED_HEADERS if (v := msg.headers.get(k))} or None
+
+    @staticmethod
+    def reply_from(response: Msg) -> Reply:
+        """The module's reply, passed on as it came."""
         code = response.headers.get(ERROR_CODE_HEADER, "ok") if response.headers else "ok"
         return Reply(response.data, response.headers, code == "ok", code)
 
-    async def _no_responders(self, module: str, type_: str, codec: Codec) -> Reply:
+    @staticmethod
+    def outcome_unknown() -> Reply:
+        # No verdict for the breaker (the permit is released), no second answer to the caller.
+        return Reply(b"", None, False, OUTCOME_UNKNOWN, answered=True)
+
+    @staticmethod
+    def timeout_reply(codec: Codec, module: str, type_: str, timeout: float, direct: bool) -> Reply:
+        late = f", nor reported an outcome {DIRECT_REPLY_GRACE:g}s after" if direct else ""
+        return error_reply(
+            codec,
+            type_,
+            ErrorCode.TIMEOUT,
+            f"module {module!r} did not answer {type_!r} within {timeout:g}s{late}",
+        )
+
+    @staticmethod
+    def error(codec: Codec, type_: str, code: ErrorCode, message: str) -> Reply:
+        return error_reply(codec, type_, code, message)
+
+    async def no_responders(self, module: str, type_: str, codec: Codec) -> Reply:
         """Nobody answered: say whether the module is down, unknown, or lacks the type."""
         # A discovery at most a second old: concurrent failures share one discovery (0.3 s of
         # waiting for answers) instead of queueing one each behind the catalog's lock.

@@ -14,6 +14,8 @@ from corral.bus import BusSettings
 from corral.cli import calls, commands
 from corral.cli import config_cmd as config_cli
 from corral.cli import events as events_cli
+from corral.cli import lifecycle as lifecycle_cli
+from corral.cli import recurring as recurring_cli
 from corral.cli import state as state_cli
 from corral.cli import tasks as tasks_cli
 from corral.cli.up import run_up
@@ -50,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     send.add_argument("--priority", default="normal", help="0-4 or critical|high|normal|low|background")
 
-    sub.add_parser("status", help="what is running, with heartbeat figures and call statistics")
+    status = sub.add_parser("status", help="what is running, with heartbeat figures and call statistics")
+    status.add_argument("--module", default=None, help="one module: lifecycle state and recovery history")
     sub.add_parser("breakers", help="every module's circuit breaker")
     breaker = sub.add_parser("breaker", help="act on one module's circuit breaker")
     breaker_verbs = breaker.add_subparsers(dest="verb", required=True)
@@ -60,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     events_cli.add_parser(sub)
     config_cli.add_parser(sub)
     tasks_cli.add_parsers(sub)
+    recurring_cli.add_parser(sub)
+    lifecycle_cli.add_parsers(sub)
     return parser
 
 
@@ -120,7 +125,9 @@ _SUBCOMMANDS: dict[str, SubcommandRunner] = {
     "events": events_cli.run,
     "state": state_cli.run,
     "config": config_cli.run,
+    "recurring": recurring_cli.run,
     **dict.fromkeys(tasks_cli.COMMANDS, tasks_cli.run),
+    **dict.fromkeys(lifecycle_cli.COMMANDS, lifecycle_cli.run),  # `status` too: `--module X`
 }
 
 

@@ -1,15 +1,18 @@
 """`corral up`: the whole system on one machine.
 
-Starts the embedded nats-server (unless given a URL), then corral's services, then the
-modules of corral.toml in dependency order, each as its own process (a layer is up when its
-processes are registered and, for SDK modules, told ready by the orchestrator); prints what is up;
-on Ctrl-C or SIGTERM stops everything in reverse order.
+Starts the embedded nats-server (unless given a URL) and corral's services, each as its own
+process; then asks the orchestrator to start the system (`<prefix>.orchestrator.start_system`):
+the orchestrator launches the modules of corral.toml in dependency order as its own children and
+supervises them. Prints each module as it comes up, then a table of what is up, then the
+lifecycle events (restarts, failures) as they happen. On Ctrl-C or SIGTERM: `stop_system`
+(modules in reverse order), then the services in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -18,14 +21,15 @@ import uuid
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from rich.markup import escape
 from rich.table import Table
 
 from corral.bus import BusSettings, connect
 from corral.cli.output import err, out
 from corral.cli.processes import ChildProcess
-from corral.config import SystemConfig, start_layers
-from corral.discovery import InstanceInfo, discover, module_statuses
+from corral.config import SystemConfig
+from corral.discovery import InstanceInfo, discover
 from corral.natsd import NatsServer, port_is_free
 from corral.subjects import SERVICES, Subjects
 
@@ -47,6 +51,9 @@ class System:
         self.infos: dict[str, InstanceInfo] = {}  # instance id -> what it registered
         self.nc: Client | None = None
         self.skipped: dict[str, str] = {}  # optional module -> why it was not started
+        self.printed: set[str] = set()  # modules whose `up` line was printed
+        self.module_pids: dict[str, list[int]] = {}
+        self.modules_up: list[str] = []  # in the order they came up
 
     @property
     def url_file(self) -> Path:
@@ -61,25 +68,44 @@ class System:
         )
         services = [self._service_process(name) for name in SERVICES if self.config.service(name).enabled]
         await self._start_layer(services, self.config.startup_timeout, required=True)
-        for layer in start_layers(self.config.modules):
-            children = []
-            for name in layer:
-                module = self.config.modules[name]
-                blocked = [dep for dep in module.depends_on if dep in self.skipped]
-                if blocked:
-                    self.skipped[name] = f"depends on {', '.join(blocked)}, which did not start"
-                elif module.kind in ("process", "wasm"):
-                    children.append(self._module_process(name))
-            for child in children:
-                module = self.config.modules[child.name]
-                try:
-                    await self._start_layer([child], module.startup_timeout, required=module.required)
-                except StartupError as exc:
-                    if module.required:
-                        raise
-                    self.skipped[child.name] = str(exc)
-                    reason = escape(str(exc))
-                    console.print(f"[yellow]optional module {child.name} did not start:[/] {reason}")
+        if self.config.modules and self.config.service("orchestrator").enabled:
+            await self._start_modules()
+
+    async def _start_modules(self) -> None:
+        """The orchestrator starts the modules; each `running` event is printed as it comes."""
+        assert self.nc is not None
+        subjects = Subjects(self.config.prefix)
+        sub = await self.nc.subscribe(subjects.event("lifecycle", "*"), cb=self._on_lifecycle)
+        budget = sum(m.startup_timeout + m.stop_timeout for m in self.config.modules.values()) + 30
+        try:
+            with console.status(f"starting {len(self.config.modules)} modules"):
+                msg = await self.nc.request(
+                    subjects.service("orchestrator", "start_system"), b"", timeout=budget
+                )
+        finally:
+            await self.nc.flush()
+            await sub.unsubscribe()
+        reply = json.loads(msg.data)
+        if not reply["success"]:
+            raise StartupError("; ".join(reply["payload"]["errors"]).removeprefix("startup failed: "))
+        for name, reason in reply["payload"]["skipped"].items():
+            self.skipped[name] = reason
+            console.print(f"[yellow]optional module {name} did not start:[/] {escape(reason)}")
+        self.modules_up = [m["module"] for m in reply["payload"]["started"]]
+        for started in reply["payload"]["started"]:
+            if started["module"] not in self.printed:  # its event was missed
+                self._print_up(started["module"], started["pids"])
+
+    async def _on_lifecycle(self, msg: Msg) -> None:
+        event = json.loads(msg.data)
+        if event["new"] == "running" and event["old"] == "starting" and event["module"] not in self.printed:
+            self._print_up(event["module"], event["pids"])
+
+    def _print_up(self, module: str, pids: list[int]) -> None:
+        self.printed.add(module)
+        self.module_pids[module] = pids
+        what = f"pid {', '.join(map(str, pids))}" if pids else "external"
+        console.print(f"[green]up[/] module {module} ({what})")
 
     async def _start_nats(self) -> None:
         if self.nats_url:
@@ -128,15 +154,6 @@ class System:
             name, "service", [sys.executable, "-m", f"corral.{name}"], env, self._log_file(name), instance
         )
 
-    def _module_process(self, name: str) -> ChildProcess:
-        module = self.config.modules[name]
-        extra = {"CORRAL_DEPENDS_ON": ",".join(module.depends_on), **module.env}
-        env, instance = self._env(name, module.metrics_port, extra)
-        cwd = str(self.config.resolve(module.cwd)) if module.cwd else self.config.root
-        return ChildProcess(
-            name, "module", self.config.module_argv(name), env, self._log_file(name), instance, cwd
-        )
-
     def _log_file(self, name: str) -> Path:
         return self.config.resolve(self.config.log_dir) / f"{name}.log"
 
@@ -169,26 +186,15 @@ class System:
                 for info in await discover(self.nc, self.config.prefix, wait=0.2, name=child.name):
                     if info.metadata.get("instance") == child.instance:
                         self.infos[child.instance] = info
-            elif await self._is_ready(child, self.infos[child.instance]):
+            else:
                 return
-        what = "become ready" if child.instance in self.infos else "register"
         raise StartupError(
-            f"{child.role} {child.name} did not {what} within {timeout:g}s; "
+            f"{child.role} {child.name} did not register within {timeout:g}s; "
             f"see {child.log_file}:\n{child.log_tail()}"
         )
 
-    async def _is_ready(self, child: ChildProcess, info: InstanceInfo) -> bool:
-        """An SDK module serves once the orchestrator says its dependencies are ready; others
-        (services, WebAssembly modules) serve once registered."""
-        assert self.nc is not None
-        status_subject = Subjects(self.config.prefix).modctl(child.name, "status")
-        if all(endpoint.subject != status_subject for endpoint in info.endpoints):
-            return True
-        statuses = await module_statuses(self.nc, self.config.prefix, child.name, wait=0.2)
-        return any(s.instance == child.instance and s.ready for s in statuses)
-
     # --- running -----------------------------------------------------------------------------
-    def table(self) -> Table:
+    async def table(self) -> Table:
         table = Table(title=f"corral is up (prefix {self.config.prefix}, NATS {self.nats_url})")
         for column in ("name", "role", "pid", "subjects", "metrics"):
             table.add_column(column)
@@ -199,16 +205,45 @@ class System:
                 table.add_row(
                     child.name, child.role, str(child.pid), subjects, info.metrics_url if info else ""
                 )
-        for name, module in self.config.modules.items():
-            if module.kind == "external":
-                table.add_row(name, "module (external)", "-", "started elsewhere", "")
+        assert self.nc is not None
+        found = await discover(self.nc, self.config.prefix, wait=0.3)
+        infos = {i.name: i for i in found if i.role != "service"}  # modules and scheduler workers
+        for name in self.modules_up:
+            info = infos.get(name)
+            kind = self.config.modules[name].kind
+            role = "module" if kind == "process" else f"module ({kind})"
+            pids = ", ".join(map(str, self.module_pids.get(name, []))) or "-"
+            subjects = "\n".join(e.subject for e in info.endpoints if ".mod." in e.subject) if info else ""
+            table.add_row(name, role, pids, subjects, info.metrics_url if info else "")
         for name, reason in self.skipped.items():
             table.add_row(name, "module (not started)", "-", reason, "")
         return table
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Report children that exit on their own until `stop` is set."""
+        """Report services that exit on their own, and modules' lifecycle changes, until `stop`."""
         reported: set[str] = set()
+        assert self.nc is not None
+        sub = await self.nc.subscribe(
+            Subjects(self.config.prefix).event("lifecycle", ">"), cb=self._on_change
+        )
+        try:
+            await self._watch_services(stop, reported)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_change(self, msg: Msg) -> None:
+        event = json.loads(msg.data)
+        if msg.subject.endswith(".alert"):
+            console.print(f"[red]module {event['module']} needs an operator:[/] {escape(event['reason'])}")
+        elif event.get("new") not in (None, "stopping", "stopped"):
+            colour = {"running": "green", "failed": "red"}.get(event["new"], "yellow")
+            console.print(
+                f"module {event['module']}: {event['old']} -> [{colour}]{event['new']}[/] "
+                f"({escape(event['reason'])})"
+            )
+
+    async def _watch_services(self, stop: asyncio.Event, reported: set[str]) -> None:
         while not stop.is_set():
             for layer in self.started:
                 for child in layer:
@@ -224,8 +259,11 @@ class System:
 
     # --- shutdown ----------------------------------------------------------------------------
     async def stop(self) -> None:
-        """Reverse order: last layer first; each process gets the grace period to drain."""
+        """Modules first (the orchestrator's stop_system, reverse order), then the services in
+        reverse order; each process gets the grace period to drain."""
         grace = self.config.grace_period
+        if self.nc is not None and self.nc.is_connected and (self.printed or self.modules_up):
+            await self._stop_modules()
         for layer in reversed(self.started):
             for child in reversed(layer):
                 code = await child.stop(grace)
@@ -237,6 +275,25 @@ class System:
             self.url_file.unlink(missing_ok=True)
             await asyncio.to_thread(self.nats_server.stop)
             console.print("stopped nats-server")
+
+    async def _stop_modules(self) -> None:
+        assert self.nc is not None
+        subject = Subjects(self.config.prefix).service("orchestrator", "stop_system")
+        budget = sum(m.stop_timeout for m in self.config.modules.values()) + 30
+        try:
+            with console.status("stopping modules"):
+                msg = await self.nc.request(subject, b"{}", timeout=budget)
+        except Exception as exc:
+            console.print(f"[red]could not stop the modules through the orchestrator:[/] {exc!r}")
+            return
+        reply = json.loads(msg.data)
+        if not reply["success"]:
+            console.print(f"[red]stop_system failed:[/] {escape('; '.join(reply['payload']['errors']))}")
+            return
+        for result in reply["payload"]["stopped"]:
+            console.print(
+                f"stopped module {result['module']} ({escape(result['detail'] or result['state'])})"
+            )
 
 
 async def run_up(config: SystemConfig, nats_url: str | None) -> int:
@@ -259,7 +316,7 @@ async def run_up(config: SystemConfig, nats_url: str | None) -> int:
         console.print(f"[red]startup failed:[/] {escape(str(exc))}")
         code = 1
     else:
-        out.print(system.table())
+        out.print(await system.table())
         console.print("Ctrl-C stops everything")
         await system.watch(stop)
     stopper.cancel()

@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from corral.runtime.endpoints import Endpoint, Reply, RequestContext, error_reply
+from corral.runtime.gc_tuning import tune_gc
 from corral.runtime.logs import configure_logging
 from corral.runtime.service import Service
 from corral.runtime.settings import ServiceSettings
@@ -37,4 +38,5 @@ def run_main(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def run_forever(service: Service) -> None:
     """The `__main__` of a service: JSON logs, then serve until SIGTERM."""
     configure_logging(service.name, service.instance, service.settings.log_level)
+    tune_gc()
     run_main(service.run)

@@ -42,6 +42,7 @@ class Reply(NamedTuple):
     headers: dict[str, str] | None
     success: bool
     code: str = "ok"  # the ErrorCode value on failure; a metrics label
+    answered: bool = False  # someone else already answered the caller (a module's direct reply)
 
 
 RawHandler = Callable[[Msg], Awaitable[Reply]]
@@ -131,6 +132,10 @@ class Endpoint:
     response_type: str
     queue_group: str | None = None
     metadata: dict[str, str] | None = None  # published in the Services API INFO of the endpoint
+    direct_reply: bool = False  # honours Corral-Direct-Reply (see corral.runtime.direct)
+    # Called in the subscription callback, before a task is made: True when it took the request
+    # and answers and accounts for it itself (Service.account); False to serve it as usual.
+    accept: Callable[[Msg], Awaitable[bool]] | None = None
     stats: EndpointStats = field(default_factory=EndpointStats)
 
     async def serve(self, msg: Msg) -> tuple[Reply, int]:
@@ -146,9 +151,13 @@ class Endpoint:
         finally:
             stats.in_flight -= 1
         elapsed = time.perf_counter_ns() - started
+        self.record(reply, elapsed)
+        return reply, elapsed
+
+    def record(self, reply: Reply, elapsed_ns: int) -> None:
+        stats = self.stats
         stats.requests += 1
-        stats.processing_ns += elapsed
+        stats.processing_ns += elapsed_ns
         if not reply.success:
             stats.errors += 1
             stats.last_error = reply.code
-        return reply, elapsed

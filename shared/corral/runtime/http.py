@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import prometheus_client
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["HttpEndpoint", "ServiceMetrics", "metric_prefix"]
 
@@ -23,25 +25,63 @@ def metric_prefix(service: str) -> str:
     return "corral_" + re.sub(r"[^a-zA-Z0-9_]", "_", service)
 
 
+class _RequestMetrics(Collector):
+    """`<prefix>_requests_total{endpoint,outcome}` and `<prefix>_request_duration_seconds{endpoint}`,
+    counted in plain ints and turned into metric families at scrape time.
+
+    prometheus_client's Counter and Histogram take a lock per increment (two for a histogram
+    observation): about 2.5 us per request, a tenth of the orchestrator's CPU per call. The
+    event loop is the only writer and the /metrics handler runs on it too, so no lock is needed.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counts: dict[tuple[str, str], int] = {}
+        self.buckets: dict[str, list[int]] = {}  # per endpoint: one count per bound, then +Inf
+        self.sums: dict[str, float] = {}
+
+    def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
+        key = (endpoint, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        buckets = self.buckets.get(endpoint)
+        if buckets is None:
+            buckets = self.buckets[endpoint] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[endpoint] = 0.0
+        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # `le`: a bound includes itself
+        self.sums[endpoint] += seconds
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            f"{self.prefix}_requests",
+            "Requests handled, by endpoint and outcome (ok or the error code)",
+            labels=["endpoint", "outcome"],
+        )
+        for (endpoint, outcome), count in self.counts.items():
+            requests.add_metric([endpoint, outcome], count)
+        latency = HistogramMetricFamily(
+            f"{self.prefix}_request_duration_seconds",
+            "Time from receiving a request to sending its reply",
+            labels=["endpoint"],
+        )
+        for endpoint, buckets in self.buckets.items():
+            cumulative = list(itertools.accumulate(buckets))
+            bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+            latency.add_metric([endpoint], list(zip(bounds, cumulative, strict=True)), self.sums[endpoint])
+        yield requests
+        yield latency
+
+    def describe(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        return iter(())
+
+
 class ServiceMetrics:
     """The metrics every corral process exports, in a registry of its own (one per service)."""
 
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         prefix = metric_prefix(service)
-        self.requests = Counter(
-            f"{prefix}_requests_total",
-            "Requests handled, by endpoint and outcome (ok or the error code)",
-            ["endpoint", "outcome"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            f"{prefix}_request_duration_seconds",
-            "Time from receiving a request to sending its reply",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self._requests = _RequestMetrics(prefix)
+        self.registry.register(self._requests)
         self.in_flight = Gauge(
             f"{prefix}_in_flight_requests", "Requests being handled now", registry=self.registry
         )
@@ -51,20 +91,10 @@ class ServiceMetrics:
         # Standard process_* figures (cpu seconds, resident memory, open fds) for this process.
         prometheus_client.ProcessCollector(registry=self.registry)
         self.prefix = prefix
-        self._request_counters: dict[tuple[str, str], Any] = {}
-        self._latency_histograms: dict[str, Any] = {}
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
-        """Count one request; label children are cached, as `labels()` costs a lookup per call."""
-        key = (endpoint, outcome)
-        counter = self._request_counters.get(key)
-        if counter is None:
-            counter = self._request_counters[key] = self.requests.labels(endpoint, outcome)
-        histogram = self._latency_histograms.get(endpoint)
-        if histogram is None:
-            histogram = self._latency_histograms[endpoint] = self.latency.labels(endpoint)
-        counter.inc()
-        histogram.observe(seconds)
+        """Count one request (on every request of every service: plain counters, no locks)."""
+        self._requests.observe(endpoint, outcome, seconds)
 
     def add_gauge_callback(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a value computed at scrape time (queue depths, breaker states, ...)."""

@@ -27,7 +27,14 @@ from nats.micro.service import ServiceConfig
 
 from corral.bus import connect, round_trip
 from corral.component import Component
-from corral.protocol import TRACEPARENT_HEADER, ErrorCode, Heartbeat, codec_for
+from corral.protocol import (
+    DIRECT_REPLY_HEADER,
+    TRACEPARENT_HEADER,
+    ErrorCode,
+    Heartbeat,
+    codec_for,
+)
+from corral.runtime.direct import DirectReplies
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
 from corral.runtime.heartbeat import HeartbeatEncoder, ProcessProbe, next_beat
 from corral.runtime.http import HttpEndpoint, ServiceMetrics
@@ -73,6 +80,7 @@ class Service(Component):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._micro: nats.micro.service.Service | None = None
+        self._direct: DirectReplies | None = None
         self._http: HttpEndpoint | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -122,9 +130,17 @@ class Service(Component):
         response_type: str | None = None,
         queue_group: str | None = None,
         metadata: dict[str, str] | None = None,
+        direct_reply: bool = False,
+        accept: Callable[[Msg], Awaitable[bool]] | None = None,
     ) -> Endpoint:
-        """Add a raw endpoint: `handler(msg)` returns the encoded Reply."""
-        endpoint = Endpoint(name, subject, handler, response_type or name, queue_group, metadata)
+        """Add a raw endpoint: `handler(msg)` returns the encoded Reply.
+
+        `direct_reply=True`: a request the orchestrator forwards with `Corral-Direct-Reply` is
+        answered there, with an outcome report to the orchestrator (corral.runtime.direct).
+        `accept`: see Endpoint.accept."""
+        endpoint = Endpoint(
+            name, subject, handler, response_type or name, queue_group, metadata, direct_reply, accept
+        )
         self.endpoints.append(endpoint)
         return endpoint
 
@@ -158,6 +174,7 @@ class Service(Component):
         self.started_at = time.time()
         bus = msgspec.structs.replace(self.settings.bus, name=f"{self.name}:{self.instance}")
         self._nc = await connect(bus)
+        self._direct = DirectReplies(self._nc)
         await self.setup()
         self._http = HttpEndpoint(
             self.metrics,
@@ -173,7 +190,7 @@ class Service(Component):
             self.metrics.add_gauge_callback(
                 "uptime_seconds", "Seconds since this instance started", self._uptime
             )
-            self.metrics.in_flight.set_function(lambda: len(self._tasks))
+            self.metrics.in_flight.set_function(lambda: self.in_flight)
         await self._register()
         # The endpoint subscriptions are only sent; a round trip makes sure the server has them
         # before start() returns, so a caller told "started" does not get "no responders"
@@ -241,11 +258,27 @@ class Service(Component):
             if self._draining:
                 await self._respond(msg, self._unavailable(endpoint, msg))
                 return
-            task = asyncio.create_task(self._serve(endpoint, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if endpoint.accept is not None and await endpoint.accept(msg):
+                return
+            self._track(asyncio.create_task(self._serve(endpoint, msg)))
 
         return dispatch
+
+    @property
+    def observes_each_request(self) -> bool:
+        """A span (OpenTelemetry) or a DEBUG log line per request: an `accept` hook that cannot
+        give them should decline, so the request is served as usual."""
+        return self._tracer is not None or log.isEnabledFor(logging.DEBUG)
+
+    def account(self, endpoint: Endpoint, reply: Reply, seconds: float) -> None:
+        """Count a request that `endpoint.accept` took, once it is settled."""
+        endpoint.record(reply, int(seconds * 1e9))
+        self._handled += 1
+        self.metrics.observe_request(endpoint.name, reply.code, seconds)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _unavailable(self, endpoint: Endpoint, msg: Msg) -> Reply:
         return error_reply(
@@ -261,11 +294,11 @@ class Service(Component):
         # calls made on its behalf continue the trace (corral.tracing).
         if self._tracer is None:
             traceparent_var.set(headers.get(TRACEPARENT_HEADER) if headers else None)
-            reply, elapsed_ns = await endpoint.serve(msg)
+            reply, elapsed_ns = await self._serve_request(endpoint, msg)
         else:
             with self._tracer.span(endpoint.name, msg.subject, headers) as span:
                 traceparent_var.set(span.traceparent)
-                reply, elapsed_ns = await endpoint.serve(msg)
+                reply, elapsed_ns = await self._serve_request(endpoint, msg)
                 span.outcome(reply.code)
         self._handled += 1
         self.metrics.observe_request(endpoint.name, reply.code, elapsed_ns / 1e9)
@@ -277,7 +310,24 @@ class Service(Component):
                 elapsed_ns / 1e6,
                 extra={"endpoint": endpoint.name, "outcome": reply.code},
             )
-        await self._respond(msg, reply)
+        if not reply.answered:
+            await self._respond(msg, reply)
+
+    async def _serve_request(self, endpoint: Endpoint, msg: Msg) -> tuple[Reply, int]:
+        """The endpoint's handler; a call forwarded for direct reply answers its caller itself."""
+        headers = msg.headers
+        if (
+            endpoint.direct_reply
+            and headers
+            and msg.reply
+            and self._direct is not None
+            and (direct := headers.get(DIRECT_REPLY_HEADER))
+        ):
+            reply, elapsed_ns = await self._direct.serve(
+                msg, direct, endpoint.response_type, lambda: endpoint.serve(msg)
+            )
+            return reply._replace(answered=True), elapsed_ns
+        return await endpoint.serve(msg)
 
     async def _respond(self, msg: Msg, reply: Reply) -> None:
         if not msg.reply:
@@ -333,7 +383,7 @@ class Service(Component):
             try:
                 cpu, rss, threads, fds = probe.read()
                 data = encoder.encode(
-                    time.time(), cpu, rss, threads, fds, len(self._tasks), self._handled, self.readiness()[0]
+                    time.time(), cpu, rss, threads, fds, self.in_flight, self._handled, self.readiness()[0]
                 )
                 if self.nc.is_connected:
                     await self.nc.publish(subject, data)
@@ -366,6 +416,8 @@ class Service(Component):
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._heartbeat_task
             await self.teardown()
+            if self._direct is not None:
+                await self._direct.drain()
             if self._http is not None:
                 await self._http.stop()
             with contextlib.suppress(Exception):
@@ -389,6 +441,7 @@ class Service(Component):
             del self.endpoints[self._own_endpoints :]
         self._nc = self._js = None
         self._micro = None
+        self._direct = None
         self._http = None
         self._heartbeat_task = None
         self._draining = False

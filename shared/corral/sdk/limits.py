@@ -25,9 +25,15 @@ class Limiter:
     def _has_room(self) -> bool:
         return self.limit is None or self.active < self.limit
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a place if one is free and nobody waits ahead (the common case, no coroutine)."""
         if self._has_room() and not self.waiting:
-            self.active += 1  # the common case: no lock (one event loop, no await in between)
+            self.active += 1  # no lock: one event loop, no await in between
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         async with self._changed:
             self.waiting += 1
@@ -38,9 +44,15 @@ class Limiter:
             self.active += 1
 
     async def release(self) -> None:
+        if self.release_nowait():
+            await self.wake()
+
+    def release_nowait(self) -> bool:
+        """Give the place back; True when someone waits and `wake()` must be awaited."""
         self.active -= 1
-        if not self.waiting:
-            return
+        return self.waiting > 0
+
+    async def wake(self) -> None:
         async with self._changed:
             self._changed.notify_all()  # a woken waiter that was cancelled must not strand the rest
 

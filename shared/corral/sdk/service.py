@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from nats.aio.msg import Msg
 from corral.errors import CallTimeoutError
 from corral.protocol import ErrorCode, ModuleRegistration, codec_for
 from corral.runtime import Reply, RequestContext, Service, ServiceSettings, error_reply
+from corral.runtime.direct import DIRECT_REPLY_METADATA, direct_reply_enabled
 from corral.runtime.endpoints import RawHandler, typed_handler
 from corral.sdk.control import add_control_endpoints, call_hook
 from corral.sdk.limits import Limiter
@@ -68,18 +70,30 @@ class ModuleService(Service):
     # --- lifecycle -----------------------------------------------------------------------------
     async def setup(self) -> None:
         self.ready = not self.wait_for_ready
+        if self.owns_process and os.environ.pop("CORRAL_RESET", "") == "1":
+            # Relaunched by the orchestrator's restart_with_reset strategy: clear state first.
+            # Popped, so a later re-exec (the `restart` verb) does not reset again.
+            for reset_hook in self.module.reset_hooks:
+                await call_hook(reset_hook)
+            log.info("module %s reset before serving (CORRAL_RESET=1)", self.name)
         for hook in self.module.start_hooks:
             await call_hook(hook, self)
         # Before serving: a (re)started instance runs the live config, and follows it from here.
         self._live_config = LiveConfigFollower(self)
         await self._live_config.start()
+        direct = direct_reply_enabled()
         for handler in self.module.handlers.values():
             self.add_endpoint(
                 handler.type,
                 self.subjects.module(self.module.name, handler.type),
                 self._gated(handler),
                 response_type=handler.type,
-                metadata={"idempotent": "true" if handler.idempotent else "false"},
+                metadata={
+                    "idempotent": "true" if handler.idempotent else "false",
+                    # tells the orchestrator (corral.runtime.direct)
+                    DIRECT_REPLY_METADATA: "true" if direct else "false",
+                },
+                direct_reply=direct,
             )
         add_control_endpoints(self)
 
@@ -203,8 +217,20 @@ class ModuleService(Service):
         timeout = handler.timeout
 
         async def run(payload: Any, ctx: RequestContext) -> Any:
-            async with limiter, throttle:
-                return await (func(payload, ctx) if wants_context else func(payload))
+            # `async with limiter, throttle`, without its six coroutines when there is room.
+            if not limiter.try_acquire():
+                await limiter.acquire()
+            try:
+                if not throttle.try_acquire():
+                    await throttle.acquire()
+                try:
+                    return await (func(payload, ctx) if wants_context else func(payload))
+                finally:
+                    if throttle.release_nowait():
+                        await throttle.wake()
+            finally:
+                if limiter.release_nowait():
+                    await limiter.wake()
 
         if timeout is None:
             return run

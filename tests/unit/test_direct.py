@@ -1,0 +1,29 @@
+"""Direct reply's pure parts: where reports go, and the switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.runtime.direct import direct_reply_enabled
+from corral.subjects import outcomes_subject
+
+
+def test_a_module_reports_to_the_subject_the_orchestrator_listens_on() -> None:
+    assert outcomes_subject("_INBOX.abc123.42") == "_INBOX.abc123.outcomes"
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [
+        (None, True),
+        ("1", True),
+        ("true", True),
+        ("0", False),
+        ("false", False),
+        (" OFF ", False),
+        ("no", False),
+    ],
+)
+def test_corral_direct_reply_switch(value: str | None, enabled: bool) -> None:
+    env = {} if value is None else {"CORRAL_DIRECT_REPLY": value}
+    assert direct_reply_enabled(env) is enabled
