@@ -61,12 +61,10 @@ class TaskQueue:
     async def enqueue(self, specs: list[TaskSpec], *, msg_ids: list[str] | None = None) -> list[Ack]:
         """Publish every task, wait for all acknowledgements, then kick idle workers once per
         level and route. Raises OverloadedError (after removing what this batch queued) when
-        the stream is full."""
+        the stream is full. `msg_ids`: the Nats-Msg-Id of each (default: see `_headers`)."""
         futures = []
         for index, spec in enumerate(specs):
-            headers = {"Nats-Msg-Id": msg_ids[index] if msg_ids else spec.id}
-            if spec.traceparent:
-                headers[TRACEPARENT_HEADER] = spec.traceparent
+            headers = _headers(spec, msg_ids[index] if msg_ids else None)
             subject = self.subjects.task_queue(spec.priority, spec.route)
             futures.append(await self.publisher.publish(subject, _encode(spec), headers))
         outcomes = await self.publisher.wait(futures)
@@ -103,3 +101,17 @@ class TaskQueue:
         task = asyncio.ensure_future(self.nc.publish(self.subjects.task_kick(*queue)))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+
+def _headers(spec: TaskSpec, msg_id: str | None) -> dict[str, str] | None:
+    """A task message carries Nats-Msg-Id only when it may be published twice: a task with an
+    idempotency key (its id comes from the key, so a second submission is deduplicated), or an
+    explicit id (a DLQ retry). A fresh id is new by construction and no path publishes it again,
+    so deduplicating it would only cost JetStream an entry per task in its duplicate window
+    (120 s of them) and every process the header."""
+    headers: dict[str, str] = {}
+    if msg_id is not None or spec.idempotency_key:
+        headers["Nats-Msg-Id"] = msg_id or spec.id
+    if spec.traceparent:
+        headers[TRACEPARENT_HEADER] = spec.traceparent
+    return headers or None

@@ -7,6 +7,7 @@ before the reply; the records of queued tasks are written right after, without h
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,7 @@ class Submitter:
     ) -> None:
         self.on_hold = on_hold  # called after tasks are held, before their dependencies are queued
         self.pending: dict[str, TaskRecord] = {}  # queued records whose write is in flight
-        self._writing: set[asyncio.Future[None]] = set()
+        self._writing: set[asyncio.Future[Any]] = set()  # record writes in flight
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -86,7 +87,8 @@ class Submitter:
     async def submit(self, requests: list[SubmitRequest], traceparent: str = "") -> list[Submitted]:
         now = time.time()
         batch = _Batch(requests)
-        batch.refuse_cycles()
+        if any(r.dependencies for r in requests):
+            batch.refuse_cycles()
         existing = await self._existing(batch)
         statuses = await self._dependency_statuses(batch)
         plan = _Plan(len(requests))
@@ -158,26 +160,31 @@ class Submitter:
         """Write the records of queued tasks without holding up the reply: the task is durable
         in CORRAL_TASKS already. Until their writes are acknowledged the records are served
         from `pending`. Each write is create-only, so it never overwrites the final record of a
-        task a worker has already finished."""
-        if not records:
-            return
-        writes = []
+        task a worker has already finished. A callback settles each write (no task per
+        submission); only a failed one gets a task, to try once more."""
         for record in records:
             self.pending[record.id] = record
-            writes.append(await self.store.put_async(record, create=True))
-        task = asyncio.ensure_future(self._settle(records, writes))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+            write = await self.store.put_async(record, create=True)
+            self._writing.add(write)
+            write.add_done_callback(functools.partial(self._settled, record))
 
-    async def _settle(self, records: list[TaskRecord], writes: list[asyncio.Future[Any]]) -> None:
-        outcomes = await asyncio.gather(*writes, return_exceptions=True)
-        for record, outcome in zip(records, outcomes, strict=True):
-            if isinstance(outcome, BaseException) and not _already_written(outcome):
-                try:  # once more, then the record is the worker's to write
-                    await (await self.store.put_async(record, create=True))
-                except Exception as exc:
-                    if not _already_written(exc):
-                        log.warning("task %s: its queued record was not written: %r", record.id, exc)
+    def _settled(self, record: TaskRecord, write: asyncio.Future[Any]) -> None:
+        self._writing.discard(write)
+        failure = None if write.cancelled() else write.exception()
+        if write.cancelled() or (failure is not None and not _already_written(failure)):
+            retry = asyncio.ensure_future(self._write_again(record))
+            self._writing.add(retry)
+            retry.add_done_callback(self._writing.discard)
+            return
+        self.pending.pop(record.id, None)
+
+    async def _write_again(self, record: TaskRecord) -> None:
+        try:  # once more, then the record is the worker's to write
+            await (await self.store.put_async(record, create=True))
+        except Exception as exc:
+            if not _already_written(exc):
+                log.warning("task %s: its queued record was not written: %r", record.id, exc)
+        finally:
             self.pending.pop(record.id, None)
 
     async def flush(self, timeout: float = 5.0) -> None:

@@ -60,9 +60,12 @@ class AsyncPublisher:
         self.nc = nc
         self.timeout = timeout
         self._prefix = ""
-        self._pending: dict[str, tuple[asyncio.Future[Ack], asyncio.TimerHandle]] = {}
+        # token -> (future, deadline on the loop's clock), oldest first: every publish has the
+        # same timeout, so insertion order is deadline order and one timer serves them all.
+        self._pending: dict[str, tuple[asyncio.Future[Ack], float]] = {}
         self._counter = itertools.count()
         self._sub: Subscription | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def _start(self) -> None:
         self._prefix = self.nc.new_inbox() + "."
@@ -72,8 +75,7 @@ class AsyncPublisher:
         pending = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if pending is None:
             return
-        future, timer = pending
-        timer.cancel()
+        future = pending[0]
         if future.done():
             return
         if not msg.data:  # a status message: 503 no responders (no stream takes this subject)
@@ -91,32 +93,53 @@ class AsyncPublisher:
         else:
             future.set_result(Ack(reply.stream, reply.seq, reply.duplicate))
 
-    def _expire(self, token: str) -> None:
-        pending = self._pending.pop(token, None)
-        if pending is not None and not pending[0].done():
-            pending[0].set_exception(
-                TimeoutError(f"JetStream did not acknowledge a publish within {self.timeout}s")
-            )
+    def _expire(self) -> None:
+        """Fail the publishes past their deadline (the oldest ones), then wait for the next."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._pending:
+            token, (future, deadline) = next(iter(self._pending.items()))
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._expire)
+                return
+            del self._pending[token]
+            if not future.done():
+                future.set_exception(
+                    TimeoutError(f"JetStream did not acknowledge a publish within {self.timeout}s")
+                )
 
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future[Ack]:
         """Send now; the returned future holds the acknowledgement (TimeoutError after `timeout`).
-        A future and a timer per publish, no task: this is on every task's path."""
+        A future per publish, no task and no timer of its own: this is on every task's path."""
         if self._sub is None:
             await self._start()
         token = str(next(self._counter))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
-        self._pending[token] = (future, loop.call_later(self.timeout, self._expire, token))
+        self._pending[token] = (future, loop.time() + self.timeout)
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._expire)
         await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
         return future
 
     async def wait(self, futures: list[asyncio.Future[Ack]]) -> list[Ack | BaseException]:
-        """Every acknowledgement, or its error."""
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        """Every acknowledgement, or its error. The publishes are all sent already, so awaiting
+        them in turn costs no more time than gather() and none of its bookkeeping."""
+        outcomes: list[Ack | BaseException] = []
+        for future in futures:
+            try:
+                outcomes.append(await future)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None

@@ -542,6 +542,17 @@ class _Attempt:
             await self._transition("started", Status.RUNNING)
             await (await self.service.store.put_async(self.record(status=Status.RUNNING)))
 
+    async def _store_end(self, result: TaskResult, record: TaskRecord) -> None:
+        """Store the result and the final record before the message is acknowledged: both are
+        sent at once, then their acknowledgements awaited in turn (no gather per task)."""
+        store = self.service.store
+        stored_result = await store.put_result_async(result)
+        stored_record = await store.put_async(record)
+        try:
+            await stored_result
+        finally:
+            await stored_record
+
     async def succeeded(self, value: Any, ctx: TaskContext) -> None:
         service, spec = self.service, self.spec
         now = time.time()
@@ -554,10 +565,7 @@ class _Attempt:
             started=self.started,
             finished=now,
         )
-        await asyncio.gather(
-            await service.store.put_result_async(result),
-            await service.store.put_async(self.record(status=Status.SUCCEEDED, result=value, finished=now)),
-        )
+        await self._store_end(result, self.record(status=Status.SUCCEEDED, result=value, finished=now))
         await self.msg.ack()
         service.completed += 1
         await self._transition("done", Status.SUCCEEDED)
@@ -608,11 +616,8 @@ class _Attempt:
             started=self.started,
             finished=now,
         )
-        await asyncio.gather(
-            await service.store.put_result_async(result),
-            await service.store.put_async(
-                self.record(status=Status.FAILED, error=error, traceback=tb, finished=now)
-            ),
+        await self._store_end(
+            result, self.record(status=Status.FAILED, error=error, traceback=tb, finished=now)
         )
         await self.msg.term()
         service.failed += 1
@@ -637,9 +642,6 @@ class _Attempt:
             started=self.started,
             finished=now,
         )
-        await asyncio.gather(
-            await service.store.put_result_async(result),
-            await service.store.put_async(self.record(status=Status.CANCELLED, reason=reason, finished=now)),
-        )
+        await self._store_end(result, self.record(status=Status.CANCELLED, reason=reason, finished=now))
         await self.msg.term()
         log.info("task %s stopped: %s", spec.id, reason)
