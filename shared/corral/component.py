@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["Component"]
+__all__ = ["Component", "cancel_and_wait"]
 
 
 class Component:
@@ -25,3 +26,17 @@ class Component:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it has ended; re-raise what it raised other than cancellation.
+
+    It cancels again while the task carries on: on Python 3.11 `asyncio.wait_for` can swallow a
+    cancellation that arrives just as its inner wait completes (gh-86296), and a loop built on it
+    would then run on while `stop()` waited for it forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled():
+        task.result()

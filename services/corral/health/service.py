@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from corral.bus import ensure_stream, events_stream_spec, publish_durable
+from corral.component import cancel_and_wait
 from corral.config import ModuleConfig, load_config
 from corral.health.api import HealthApi
 from corral.health.board import Evaluation, HealthBoard, LimitViolation
@@ -115,9 +116,7 @@ class HealthService(Service):
 
     async def teardown(self) -> None:
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await cancel_and_wait(self._loop)
         await self.api.stop()
         if self._prober is not None:
             await self._prober.stop()

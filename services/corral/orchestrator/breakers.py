@@ -8,7 +8,6 @@ module that one replica found failing is cut off by every replica.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from corral.bus import KVSpec, ensure_kv, ensure_stream, events_stream_spec
+from corral.component import cancel_and_wait
 from corral.orchestrator.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from corral.policy import BreakerConfig
 from corral.subjects import Subjects
@@ -64,9 +64,7 @@ class BreakerBoard:
 
     async def stop(self) -> None:
         if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+            await cancel_and_wait(self._watch_task)
         if self._pending:
             await asyncio.wait(self._pending, timeout=2.0)
 

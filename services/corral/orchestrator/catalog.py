@@ -9,12 +9,11 @@ discovery in the background and the call goes on with what is known.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from nats.aio.client import Client
 
-from corral.component import Component
+from corral.component import Component, cancel_and_wait
 from corral.discovery import discover
 from corral.runtime.direct import DIRECT_REPLY_METADATA
 
@@ -80,9 +79,7 @@ class ModuleCatalog(Component):
 
     async def stop(self) -> None:
         if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+            await cancel_and_wait(self._background)
 
     async def _discover(self) -> None:
         marker = f"{self.prefix}.mod."

@@ -45,7 +45,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from corral.bus import KVSpec, ensure_kv, ensure_stream, events_stream_spec
-from corral.component import Component
+from corral.component import Component, cancel_and_wait
 from corral.subjects import Subjects
 
 __all__ = ["DEFAULT_TTL", "LeaderEvent", "Leadership", "Lease", "LeaseView"]
@@ -218,9 +218,7 @@ class Leadership(Component):
         self._stopped = True
         for task in (self._loop_task, self._watch_task):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]
@@ -234,9 +232,7 @@ class Leadership(Component):
             except Exception as exc:
                 log.warning("could not release lease %s: %r (it lapses in %.1fs)", self.name, exc, self.ttl)
         if self._notify_task is not None:
-            self._notify_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._notify_task
+            await cancel_and_wait(self._notify_task)
         if self._publishing:
             await asyncio.wait(self._publishing, timeout=2.0)
         self._loop_task = self._watch_task = self._notify_task = None
@@ -259,7 +255,7 @@ class Leadership(Component):
 
     # --- the election loop ------------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 if self._term is not None:
                     await self._renew()
@@ -439,7 +435,7 @@ class Leadership(Component):
 
         The poll in the loop works without the watch, which only makes handover faster."""
         assert self._kv is not None
-        while True:
+        while not self._stopped:
             try:
                 self._watcher = await self._kv.watch(self.name)
                 async for entry in self._watcher:

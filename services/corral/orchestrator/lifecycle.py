@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 
 from corral import graph
 from corral.bus import ensure_stream, events_stream_spec, publish_durable
+from corral.component import cancel_and_wait
 from corral.config import ModuleConfig, RestartPolicy, SystemConfig
 from corral.errors import ConflictError, NotFoundError, UnavailableError
 from corral.orchestrator.launchers import ProcessLauncher
@@ -165,9 +166,7 @@ class Lifecycle:
             return
         self.active = False
         if self._tick is not None:
-            self._tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick
+            await cancel_and_wait(self._tick)
             self._tick = None
         for sub in self._subs:
             with contextlib.suppress(Exception):

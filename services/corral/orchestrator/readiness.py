@@ -32,6 +32,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from corral.component import cancel_and_wait
 from corral.discovery import discover, module_statuses
 from corral.protocol import ModuleRegistration, ModuleStatus
 from corral.subjects import Subjects
@@ -104,9 +105,7 @@ class ReadinessGate:
                 await self._acks.unsubscribe()
             self._acks = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def register(self, reg: ModuleRegistration) -> RegisterReply:

@@ -9,9 +9,10 @@ a type is live the router republishes routed messages of that type on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Protocol
+
+from corral.component import cancel_and_wait
 
 __all__ = ["Subscriptions"]
 
@@ -46,9 +47,7 @@ class Subscriptions:
 
     async def stop(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import msgspec
 from nats.aio.client import Client
 
+from corral.component import cancel_and_wait
 from corral.orchestrator.launchers import ProcessLauncher, log_tail
 from corral.orchestrator.probe import ready_instances
 from corral.orchestrator.records import InstanceRecord, ModuleRecord, RecoveryEntry
@@ -469,9 +470,7 @@ class ModuleSupervisor:
 
     async def _cancel_recovery(self) -> None:
         if self._recovery is not None and not self._recovery.done():
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+            await cancel_and_wait(self._recovery)
         self._recovery = None
         self._failures = asyncio.Queue()
         self._handled.clear()

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from corral.component import cancel_and_wait
 from corral.scheduling.messages import FINAL, Status, TaskRecord
 
 __all__ = ["HeldTask", "HeldTasks"]
@@ -144,9 +145,7 @@ class HeldTasks:
 
     async def stop(self) -> None:
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await cancel_and_wait(self._loop_task)
             self._loop_task = None
 
     def _next_wake(self) -> float:

@@ -9,7 +9,6 @@ waiting tasks that no live worker serves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -17,6 +16,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from corral.component import cancel_and_wait
 from corral.scheduling.messages import WorkerInfo
 from corral.scheduling.routing import worker_routes
 
@@ -124,9 +124,7 @@ class Monitor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _loop(self) -> None:

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from corral.bus import KVSpec, ensure_kv
-from corral.component import Component
+from corral.component import Component, cancel_and_wait
 from corral.config import RecurringConfig, load_config
 from corral.errors import ConflictError, NotFoundError
 from corral.scheduler.recurring import (
@@ -173,9 +173,7 @@ class RecurringRunner(Component):
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     # --- the API -------------------------------------------------------------------------------
 

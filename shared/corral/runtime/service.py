@@ -26,7 +26,7 @@ from nats.micro.service import EndpointStats as MicroEndpointStats
 from nats.micro.service import ServiceConfig
 
 from corral.bus import connect, round_trip
-from corral.component import Component
+from corral.component import Component, cancel_and_wait
 from corral.protocol import (
     DIRECT_REPLY_HEADER,
     TRACEPARENT_HEADER,
@@ -412,9 +412,7 @@ class Service(Component):
                 for task in late:
                     task.cancel()
             if self._heartbeat_task is not None:
-                self._heartbeat_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._heartbeat_task
+                await cancel_and_wait(self._heartbeat_task)
             await self.teardown()
             if self._direct is not None:
                 await self._direct.drain()

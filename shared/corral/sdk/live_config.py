@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from corral.bus import ensure_kv
-from corral.component import Component
+from corral.component import Component, cancel_and_wait
 from corral.errors import CorralError
 from corral.live_config import ConfigDocument, SchemaRecord, config_bucket_spec, schema_key
 from corral.sdk.control import apply_config, config_schema
@@ -65,9 +65,7 @@ class LiveConfigFollower(Component):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):

@@ -40,6 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from corral.bus import ensure_consumer
+from corral.component import cancel_and_wait
 from corral.scheduling.resources import consumer_spec
 from corral.scheduling.routing import LEVELS, consumer_name
 from corral.scheduling.settings import SchedulerSettings
@@ -133,9 +134,7 @@ class Puller:
 
     async def stop(self) -> None:
         if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+            await cancel_and_wait(self._sampler)
             self._sampler = None
         for sub in self._subs:
             with contextlib.suppress(Exception):

@@ -8,7 +8,6 @@ the module-wide throttle, all within the handler's timeout (TIMEOUT when it pass
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
@@ -18,6 +17,7 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
+from corral.component import cancel_and_wait
 from corral.errors import CallTimeoutError
 from corral.protocol import ErrorCode, ModuleRegistration, codec_for
 from corral.runtime import Reply, RequestContext, Service, ServiceSettings, error_reply
@@ -107,9 +107,7 @@ class ModuleService(Service):
         if self._live_config is not None:
             await self._live_config.stop()
         if self._registrar is not None:
-            self._registrar.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._registrar
+            await cancel_and_wait(self._registrar)
             self._registrar = None
             await self._deregister()
         if self.reset_pending:

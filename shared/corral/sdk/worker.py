@@ -48,7 +48,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 from nats.aio.msg import Msg
 
-from corral.component import Component
+from corral.component import Component, cancel_and_wait
 from corral.errors import ConfigError
 from corral.protocol import TRACEPARENT_HEADER
 from corral.runtime import RequestContext, Service, ServiceSettings, run_forever
@@ -249,9 +249,7 @@ class WorkerService(Service):
                     task.cancel()
                 await asyncio.wait(late, timeout=2)
         for loop in self._loops[1:]:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+            await cancel_and_wait(loop)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
