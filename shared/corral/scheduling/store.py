@@ -150,14 +150,32 @@ class TaskStore:
 
     async def keys(self, prefix: str) -> list[str]:
         """The ids under `prefix.` (`task`, `held`), read with a server-side subject filter
-        (nats-py's `keys(filters=...)` reads every key and matches substrings)."""
-        watcher = await self.buckets.tasks.watch(f"{prefix}.*", ignore_deletes=True, meta_only=True)
+        (nats-py's `keys(filters=...)` reads every key and matches substrings).
+
+        The end is the entry with nothing pending after it, not nats-py's "caught up" marker: the
+        watcher can put that marker first when the server has pushed every entry before the
+        client handled one, which read as "no keys" under load. Deletes are read (and skipped) so
+        that the last entry is always seen; the marker only ends the read when the filter really
+        holds nothing.
+        """
+        watcher = await self.buckets.tasks.watch(f"{prefix}.*", meta_only=True)
         ids: list[str] = []
         try:
             async for entry in watcher:
-                if entry is None:  # the end of what is stored now
+                if entry is None:
+                    if ids or not await self._holds_any(prefix):
+                        break
+                    continue
+                if entry.operation not in ("DEL", "PURGE"):
+                    ids.append(entry.key[len(prefix) + 1 :])
+                if entry.delta == 0:
                     break
-                ids.append(entry.key[len(prefix) + 1 :])
         finally:
             await watcher.stop()
         return ids
+
+    async def _holds_any(self, prefix: str) -> bool:
+        """Whether the tasks bucket holds any message (a value or a delete) under `prefix.`."""
+        bucket = self.subjects.tasks_bucket
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{prefix}.*")
+        return bool(info.state.subjects)
