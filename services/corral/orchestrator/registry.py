@@ -49,13 +49,13 @@ class ModuleRegistry:
     async def load(self) -> dict[str, ModuleRecord]:
         """Every record in the bucket (what a standby answers, and where a new leader starts)."""
         records: dict[str, ModuleRecord] = {}
-        try:
-            keys = await self.kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
-            return records
-        for key in keys:
-            if not key.startswith("module."):
-                continue
+        # The keys come from the stream's subjects (one STREAM.INFO), not from nats-py's
+        # `kv.keys()`, whose watcher can say "no keys" under load when the server pushed every
+        # entry before the client handled one: a new leader would then find no modules to adopt.
+        bucket = self.subjects.modules_bucket
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.module.*")
+        for subject in sorted(info.state.subjects or {}):
+            key = subject.removeprefix(f"$KV.{bucket}.")
             try:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:
