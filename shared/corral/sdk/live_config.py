@@ -4,9 +4,15 @@
    so the orchestrator can check a change even while no instance runs.
 2. It applies the stored config (key `<module>`) before serving, so an instance that starts or
    restarts runs the current live version, not just its defaults or corral.toml.
-3. It keeps watching that key. A version committed while the instance was starting, and so
+3. It keeps following that key. A version committed while the instance was starting, and so
    missed by the orchestrator's `config` broadcast, is applied when it lands. A version the
-   broadcast already brought (the same version number) is not applied twice.
+   broadcast already brought (the same version number) is not applied twice, and an older one
+   never replaces a newer one.
+
+It follows the key with a plain subscription to the key's subject, which KV writes are published
+on, and reads the key again every RECHECK_EVERY seconds for a version published while it was
+disconnected. A KV watch would do both, but it is an ordered consumer, whose flow-control check
+wakes the process four times a second: more than all of health monitoring costs an idle module.
 
 A stored config the module refuses (a newer module version changed the type, say) is logged,
 and the instance keeps what it runs; `status` shows its `config_version`. Without JetStream the
@@ -23,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from corral.bus import ensure_kv
@@ -40,54 +48,77 @@ log = logging.getLogger("corral.sdk")
 
 _encode = msgspec.json.Encoder().encode
 INITIAL_READ_TIMEOUT = 5.0  # seconds start() waits for the stored config before serving without it
+RECHECK_EVERY = 30.0  # seconds between reads of the key, for versions missed while disconnected
 
 
 class LiveConfigFollower(Component):
     def __init__(self, service: ModuleService) -> None:
         self.service = service
         self.module = service.module
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._newest = 0  # the newest stored version seen, so an older one never wins
 
     async def start(self) -> None:
         name = self.module.name
+        updates: asyncio.Queue[Msg] = asyncio.Queue()
         try:
             kv = await _bucket(self.service)
             await _record_schema(kv, self.service)
-            self._watcher = await kv.watch(name)
+            # Subscribed before the read, so no version lands between the two unseen.
+            subject = f"$KV.{self.service.subjects.config_bucket}.{name}"
+            self._sub = await self.service.nc.subscribe(subject, cb=updates.put)
             async with asyncio.timeout(INITIAL_READ_TIMEOUT):
-                while (entry := await self._watcher.updates(timeout=None)) is not None:  # type: ignore[no-untyped-call]
-                    await self._adopt(entry)
+                await self._read(kv)
         except Exception as exc:
             log.warning("module %s: cannot read its stored config (%r); using its defaults", name, exc)
-        if self._watcher is not None:
-            self._task = asyncio.create_task(self._follow(self._watcher), name=f"{name}-config-watch")
+            return
+        self._task = asyncio.create_task(self._follow(kv, updates), name=f"{name}-config-follow")
 
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
-        if self._watcher is not None:
+        if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
-            self._watcher = None
+                await self._sub.unsubscribe()
+            self._sub = None
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                await self._adopt(entry)
+    async def _follow(self, kv: KeyValue, updates: asyncio.Queue[Msg]) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(RECHECK_EVERY):
+                    msg = await updates.get()
+            except TimeoutError:
+                try:
+                    await self._read(kv)
+                except Exception as exc:  # NATS down: the next read tries again
+                    log.debug("module %s: config re-read failed: %r", self.module.name, exc)
+                continue
+            await self._adopt(msg.data)
 
-    async def _adopt(self, entry: KeyValue.Entry) -> None:
-        module = self.module
-        if not entry.value:
-            return  # deleted: the instance keeps what it runs
+    async def _read(self, kv: KeyValue) -> None:
         try:
-            document = msgspec.json.decode(entry.value, type=ConfigDocument)
+            entry = await kv.get(self.module.name)
+        except nats.js.errors.KeyNotFoundError:
+            return
+        await self._adopt(entry.value or b"")
+
+    async def _adopt(self, value: bytes) -> None:
+        module = self.module
+        if not value:
+            self._newest = 0  # deleted: the instance keeps what it runs; numbering may start over
+            return
+        try:
+            document = msgspec.json.decode(value, type=ConfigDocument)
         except msgspec.DecodeError as exc:
             log.error(
                 "module %s: the stored config is not a config document (%s); ignoring it", module.name, exc
             )
             return
+        if document.version <= self._newest:
+            return  # seen already, or older than what was seen (a re-read racing an update)
+        self._newest = document.version
         if document.version == module.config_version:
             return  # already running it: the broadcast brought it, or an in-process restart
         try:
