@@ -540,12 +540,23 @@ class _Attempt:
             await self._transition("started", Status.RUNNING)
             await (await self.service.store.put_async(self.record(status=Status.RUNNING)))
 
-    async def _store_end(self, result: TaskResult, record: TaskRecord) -> None:
-        """Store the result and the final record before the message is acknowledged: both are
+    async def _store_end(self, status: Status, **outcome: Any) -> None:
+        """Store how the task ended, before its message is acknowledged: the result (what
+        `handle.result()` reads) and the final record carry the same `outcome` fields. Both are
         sent at once, then their acknowledgements awaited in turn (no gather per task)."""
+        now = time.time()
+        result = TaskResult(
+            id=self.spec.id,
+            status=status,
+            attempts=self.attempt,
+            worker=self.service.instance,
+            started=self.started,
+            finished=now,
+            **outcome,
+        )
         store = self.service.store
         stored_result = await store.put_result_async(result)
-        stored_record = await store.put_async(record)
+        stored_record = await store.put_async(self.record(status=status, finished=now, **outcome))
         try:
             await stored_result
         finally:
@@ -553,17 +564,7 @@ class _Attempt:
 
     async def succeeded(self, value: Any, ctx: TaskContext) -> None:
         service, spec = self.service, self.spec
-        now = time.time()
-        result = TaskResult(
-            id=spec.id,
-            status=Status.SUCCEEDED,
-            result=value,
-            attempts=self.attempt,
-            worker=service.instance,
-            started=self.started,
-            finished=now,
-        )
-        await self._store_end(result, self.record(status=Status.SUCCEEDED, result=value, finished=now))
+        await self._store_end(Status.SUCCEEDED, result=value)
         await self.msg.ack()
         service.completed += 1
         await self._transition("done", Status.SUCCEEDED)
@@ -603,20 +604,7 @@ class _Attempt:
             _encode(letter),
             headers={"Nats-Msg-Id": f"{spec.id}.dlq.{self.seq}.{self.attempt}"},
         )
-        now = time.time()
-        result = TaskResult(
-            id=spec.id,
-            status=Status.FAILED,
-            error=error,
-            traceback=tb,
-            attempts=self.attempt,
-            worker=service.instance,
-            started=self.started,
-            finished=now,
-        )
-        await self._store_end(
-            result, self.record(status=Status.FAILED, error=error, traceback=tb, finished=now)
-        )
+        await self._store_end(Status.FAILED, error=error, traceback=tb)
         await self.msg.term()
         service.failed += 1
         log.warning(
@@ -629,17 +617,6 @@ class _Attempt:
         await self._transition("failed", Status.FAILED, error=error, lifecycle="failed")
 
     async def cancelled(self, reason: str) -> None:
-        service, spec = self.service, self.spec
-        now = time.time()
-        result = TaskResult(
-            id=spec.id,
-            status=Status.CANCELLED,
-            reason=reason,
-            attempts=self.attempt,
-            worker=service.instance,
-            started=self.started,
-            finished=now,
-        )
-        await self._store_end(result, self.record(status=Status.CANCELLED, reason=reason, finished=now))
+        await self._store_end(Status.CANCELLED, reason=reason)
         await self.msg.term()
-        log.info("task %s stopped: %s", spec.id, reason)
+        log.info("task %s stopped: %s", self.spec.id, reason)
