@@ -448,7 +448,7 @@ class Report:
     client_errors: list[str]  # asynchronous errors the bench's NATS client reported (slow consumer, ...)
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -479,8 +479,8 @@ def machine_info(nc: Client) -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "nats_server": server,
-        "nats_py": _version("nats-py"),
-        "msgspec": _version("msgspec"),
+        "nats_py": package_version("nats-py"),
+        "msgspec": package_version("msgspec"),
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
@@ -554,7 +554,7 @@ def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, str]:
         import uvloop
     except ImportError:
         return asyncio.run(main()), "asyncio"
-    return uvloop.run(main()), f"uvloop {_version('uvloop')}"
+    return uvloop.run(main()), f"uvloop {package_version('uvloop')}"
 
 
 def run(opts: Options, nats_url: str | None) -> Report:
@@ -584,7 +584,7 @@ def run(opts: Options, nats_url: str | None) -> Report:
 # --- output -------------------------------------------------------------------------------------
 
 
-def _fmt(value: float, spec: str) -> str:
+def fmt(value: float, spec: str) -> str:
     return "-" if math.isnan(value) else format(value, spec)
 
 
@@ -606,10 +606,14 @@ def render(report: Report) -> str:
     by_key = {(c.path, c.concurrency, c.round): c for c in report.comparisons}
     for r in report.results:
         comp = by_key.get((r.path, r.concurrency, r.round))
-        ratio = _fmt(comp.throughput_vs_raw, ".3f") if comp else "1.000"
-        add50 = _fmt(comp.added_p50_us, "+.0f") if comp else "-"
-        add99 = _fmt(comp.added_p99_us, "+.0f") if comp else "-"
-        p50, p99, cpu = _fmt(r.p50_ms, ".3f"), _fmt(r.p99_ms, ".3f"), _fmt(r.cpu_us_per_request, ".0f")
+        ratio = fmt(comp.throughput_vs_raw, ".3f") if comp else "1.000"
+        add50 = fmt(comp.added_p50_us, "+.0f") if comp else "-"
+        add99 = fmt(comp.added_p99_us, "+.0f") if comp else "-"
+        p50, p99, cpu = (
+            fmt(r.p50_ms, ".3f"),
+            fmt(r.p99_ms, ".3f"),
+            fmt(r.cpu_us_per_request, ".0f"),
+        )
         lines.append(
             (f"{r.round + 1:>5} " if repeated else "")
             + f"{r.path:<13} {r.concurrency:>5} {r.ok:>8} {r.errors:>6} {r.rps:>9,.0f} {p50:>8} {p99:>8} "
@@ -646,21 +650,21 @@ def render_medians(summaries: Sequence[Summary]) -> list[str]:
     for s in summaries:
         spread = f"{s.vs_raw_min:.3f}-{s.vs_raw_max:.3f}" if s.path != "raw" else "-"
         lines.append(
-            f"{s.path:<13} {s.concurrency:>5} {s.rounds:>6} {s.rps:>9,.0f} {_fmt(s.p50_ms, '.3f'):>8} "
-            f"{_fmt(s.p99_ms, '.3f'):>8} {s.throughput_vs_raw:>7.3f} {spread:>13} "
-            f"{_fmt(s.added_p50_us, '+.0f'):>8} {_fmt(s.added_p99_us, '+.0f'):>8} {s.other_cores:>5.2f}"
+            f"{s.path:<13} {s.concurrency:>5} {s.rounds:>6} {s.rps:>9,.0f} {fmt(s.p50_ms, '.3f'):>8} "
+            f"{fmt(s.p99_ms, '.3f'):>8} {s.throughput_vs_raw:>7.3f} {spread:>13} "
+            f"{fmt(s.added_p50_us, '+.0f'):>8} {fmt(s.added_p99_us, '+.0f'):>8} {s.other_cores:>5.2f}"
         )
     return lines
 
 
-def _no_nan(value: Any) -> Any:
+def no_nan(value: Any) -> Any:
     """JSON has no NaN: a figure that could not be computed (no valid reply) becomes null."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
+        return {k: no_nan(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_no_nan(v) for v in value]
+        return [no_nan(v) for v in value]
     return value
 
 
@@ -678,7 +682,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "medians": [asdict(s) for s in report.summaries],
         "client_errors": report.client_errors,
     }
-    return dict(_no_nan(document))
+    return dict(no_nan(document))
 
 
 def parse_levels(text: str) -> list[int]:
@@ -700,7 +704,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def raise_interrupt(signum: int, frame: object) -> None:
     # SIGTERM as Ctrl-C: unwind through the `finally` that stops the child processes.
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -737,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         repeat=args.repeat,
     )
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         report = run(opts, args.nats_url)
     except KeyboardInterrupt:

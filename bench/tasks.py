@@ -57,7 +57,17 @@ import msgspec
 import nats
 import nats.errors
 import psutil
-from call_path import CpuMeter, machine_info, percentile, run_async
+from call_path import (
+    CpuMeter,
+    fmt,
+    machine_info,
+    no_nan,
+    package_version,
+    percentile,
+    positive_int,
+    raise_interrupt,
+    run_async,
+)
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from task_processes import (
@@ -718,19 +728,12 @@ async def bench(opts: Options, url: str, prefix: str, workdir: Path, server_pid:
         machine = machine_info(nc)
     finally:
         await nc.close()
-    machine["versions"] = {p: _version(p) for p in ("celery", "kombu", "redis", "taskiq", "taskiq-nats")}
+    machine["versions"] = {
+        p: package_version(p) for p in ("celery", "kombu", "redis", "taskiq", "taskiq-nats")
+    }
     config = {k: v for k, v in asdict(opts).items()}
     config.update(prefix=prefix, nats_url=url, own_nats_server=server_pid is not None)
     return Report(machine, config, results, ratios(results))
-
-
-def _version(package: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "-"
 
 
 def run(opts: Options, nats_url: str | None) -> Report:
@@ -755,10 +758,6 @@ def run(opts: Options, nats_url: str | None) -> Report:
 # --- output ------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float, spec: str) -> str:
-    return "-" if math.isnan(value) else format(value, spec)
-
-
 def render(report: Report) -> str:
     m = report.machine
     versions = " | ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -776,10 +775,10 @@ def render(report: Report) -> str:
     lines += [header, "-" * len(header)]
     for r in report.results:
         lines.append(
-            f"{r.round + 1:>5} {r.system:<13} {r.ran:>6} {r.duplicates:>4} {_fmt(r.e2e_rate, ',.0f'):>11} "
-            f"{_fmt(r.submit_rate_under_load, ',.0f'):>9} {_fmt(r.submit_only_rate, ',.0f'):>13} "
-            f"{_fmt(r.p50_ms, '.2f'):>7} {_fmt(r.p99_ms, '.2f'):>7} {_fmt(r.max_ms, '.1f'):>7} "
-            f"{_fmt(r.cpu_us_per_task, ',.0f'):>11} {r.other_cores:>5.2f}"
+            f"{r.round + 1:>5} {r.system:<13} {r.ran:>6} {r.duplicates:>4} {fmt(r.e2e_rate, ',.0f'):>11} "
+            f"{fmt(r.submit_rate_under_load, ',.0f'):>9} {fmt(r.submit_only_rate, ',.0f'):>13} "
+            f"{fmt(r.p50_ms, '.2f'):>7} {fmt(r.p99_ms, '.2f'):>7} {fmt(r.max_ms, '.1f'):>7} "
+            f"{fmt(r.cpu_us_per_task, ',.0f'):>11} {r.other_cores:>5.2f}"
         )
     if report.ratios:
         rounds = report.config["rounds"]
@@ -817,16 +816,6 @@ def _ratio_cell(row: dict[str, Any], figure: str) -> str:
     return f"{median:.2f}x"
 
 
-def _no_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
-
-
 def to_json(report: Report) -> dict[str, Any]:
     results = [{**asdict(r), "cpu_us_per_task": r.cpu_us_per_task} for r in report.results]
     document = {
@@ -835,7 +824,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "results": results,
         "ratios": report.ratios,
     }
-    return dict(_no_nan(document))
+    return dict(no_nan(document))
 
 
 def parse_systems(text: str) -> list[str]:
@@ -844,17 +833,6 @@ def parse_systems(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"--systems takes some of {', '.join(SYSTEMS)}, got {text!r}")
     return names
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -890,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url=args.redis_url,
         rounds=args.rounds,
     )
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         report = run(opts, args.nats_url)
     except KeyboardInterrupt:
