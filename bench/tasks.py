@@ -58,6 +58,7 @@ import nats
 import nats.errors
 import psutil
 from call_path import (
+    Child,
     CpuMeter,
     fmt,
     machine_info,
@@ -159,19 +160,6 @@ async def bounded_gather(
 # --- the systems -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 class System(abc.ABC):
     """One system under test: its worker processes, a client, and how to tell it has drained.
     Each has its own subject prefix (so its own streams) and its own task log."""
@@ -202,7 +190,7 @@ class System(abc.ABC):
         for child in self.children:
             if child.process.poll() is not None:
                 raise RuntimeError(
-                    f"{self.name}: {child.name} exited with code {child.process.returncode}:\n"
+                    f"{self.name}: {child.role} exited with code {child.process.returncode}:\n"
                     f"{child.log_tail()}"
                 )
 
@@ -210,10 +198,10 @@ class System(abc.ABC):
         """Every process of this system, pool children included (psutil, at the time of asking)."""
         pids: dict[str, int] = {}
         for child in self.children:
-            pids[child.name] = child.process.pid
+            pids[child.role] = child.process.pid
             with contextlib.suppress(psutil.Error):
                 for n, sub in enumerate(psutil.Process(child.process.pid).children(recursive=True)):
-                    pids[f"{child.name}.{n}"] = sub.pid
+                    pids[f"{child.role}.{n}"] = sub.pid
         return pids
 
     @abc.abstractmethod
@@ -243,7 +231,7 @@ class System(abc.ABC):
             try:
                 await asyncio.to_thread(child.process.wait, STOP_GRACE)
             except subprocess.TimeoutExpired:
-                print(f"{self.name}: {child.name} ignored SIGTERM; killing it", file=sys.stderr)
+                print(f"{self.name}: {child.role} ignored SIGTERM; killing it", file=sys.stderr)
                 child.process.kill()
                 await asyncio.to_thread(child.process.wait)
 

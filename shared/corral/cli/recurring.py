@@ -22,7 +22,7 @@ from rich.table import Table
 
 from corral.bus import BusSettings
 from corral.cli.output import err, out
-from corral.errors import CorralError
+from corral.cli.tasks import run_with_client
 from corral.sdk.client import Client
 
 __all__ = ["add_parser", "run"]
@@ -51,12 +51,7 @@ def add_parser(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace, bus: BusSettings, prefix: str) -> int:
-    async with await Client.connect(bus, prefix=prefix) as client:
-        try:
-            return await _dispatch(args, client)
-        except CorralError as exc:
-            err.print(f"[red]{exc.code}[/]: {exc}", soft_wrap=True)
-            return 1
+    return await run_with_client(_dispatch, args, bus, prefix)
 
 
 async def _dispatch(args: argparse.Namespace, client: Client) -> int:

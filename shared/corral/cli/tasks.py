@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.table import Table
@@ -72,9 +73,19 @@ def add_parsers(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace, bus: BusSettings, prefix: str) -> int:
+    return await run_with_client(_dispatch, args, bus, prefix)
+
+
+async def run_with_client(
+    dispatch: Callable[[argparse.Namespace, Client], Awaitable[int]],
+    args: argparse.Namespace,
+    bus: BusSettings,
+    prefix: str,
+) -> int:
+    """Run a subcommand that talks through the SDK client; a corral error is printed, exit 1."""
     async with await Client.connect(bus, prefix=prefix) as client:
         try:
-            return await _dispatch(args, client)
+            return await dispatch(args, client)
         except CorralError as exc:
             err.print(f"[red]{exc.code}[/]: {exc}", soft_wrap=True)
             return 1
