@@ -227,7 +227,8 @@ async def test_corral_events_cli_prints_filtered_history(
     settings: ServiceSettings, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with HealthService(settings, health=FAST, modules={}) as health:
-        await health.nc.request(f"{prefix}.health.status", b"", timeout=5)  # judges: health -> healthy
+        # A status request judges at once; health is healthy once its own first heartbeat is in.
+        await eventually(lambda: _is(verdict_of("health"), health.nc, prefix, "healthy"))
         argv = ["events", "--since", "10m", "--source", "health", "--kind", "health", "--json"]
         args = _parser().parse_args(argv)
         assert args.since == 600.0

@@ -42,6 +42,7 @@ from nats.aio.subscription import Subscription
 
 from corral.component import Component
 from corral.protocol import OutcomeBatch
+from corral.runtime import inline
 from corral.runtime.deadlines import Deadlines, Handle
 from corral.subjects import OUTCOMES_TOKEN
 
@@ -109,6 +110,8 @@ class RequestMux(Component):
         self._sub = await self.nc.subscribe(
             self._inbox + "*", cb=self._on_message, pending_msgs_limit=0, pending_bytes_limit=0
         )
+        # Answers are settled as nats-py reads them, without a queue and a task in between.
+        inline.deliver_inline(self._sub, self._deliver)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
@@ -120,7 +123,7 @@ class RequestMux(Component):
         for entry in waiting.values():
             _settle(entry, nats.errors.ConnectionClosedError())
 
-    async def forward(
+    def forward(
         self,
         subject: str,
         payload: bytes,
@@ -136,19 +139,15 @@ class RequestMux(Component):
         call) or an exception: nats.errors.TimeoutError after `timeout` seconds
         (OutcomeLostError when `direct` and the connection was re-established meanwhile),
         NoRespondersError, or ConnectionClosedError on stop(). If publishing raises, `settle`
-        is never called and the exception propagates."""
+        is never called and the exception propagates. The request is queued on the connection
+        (corral.runtime.inline), not awaited: nothing can answer it before this returns."""
         if self._sub is None:
             raise RuntimeError("RequestMux is not started: call `await mux.start()` first")
         token = str(next(self._tokens))
+        inline.publish_nowait(self.nc, subject, payload, reply=self._inbox + token, headers=headers)
         entry = _Waiting(settle, direct, self.nc.stats["reconnects"])
+        entry.deadline = self._deadlines.add(timeout, partial(self._expire, token))
         self._waiting[token] = entry
-        try:
-            await self.nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
-        except BaseException:
-            self._waiting.pop(token, None)
-            raise
-        if token in self._waiting:  # (not yet answered while publish yielded)
-            entry.deadline = self._deadlines.add(timeout, partial(self._expire, token))
         return token
 
     async def request(
@@ -171,7 +170,7 @@ class RequestMux(Component):
             else:
                 future.set_result(answer)
 
-        token = await self.forward(subject, payload, timeout, headers, settle, direct=direct)
+        token = self.forward(subject, payload, timeout, headers, settle, direct=direct)
         try:
             return await future
         finally:
@@ -191,6 +190,9 @@ class RequestMux(Component):
         _settle(entry, OutcomeLostError() if lost else nats.errors.TimeoutError())
 
     async def _on_message(self, msg: Msg) -> None:
+        self._deliver(msg)  # where this nats-py cannot deliver inline
+
+    def _deliver(self, msg: Msg) -> None:
         token = msg.subject[len(self._inbox) :]
         if token == OUTCOMES_TOKEN:
             self._on_outcomes(msg.data)

@@ -52,6 +52,7 @@ from corral.protocol import (
 )
 from corral.runtime.deadlines import Deadlines, Handle
 from corral.runtime.endpoints import Reply, error_reply
+from corral.runtime.inline import publish_nowait
 from corral.subjects import outcomes_subject
 
 __all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies", "direct_reply_enabled"]
@@ -78,7 +79,7 @@ class DirectReplies:
         self.nc = nc
         self._replies: list[tuple[str, Reply]] = []  # (caller's inbox, reply) of this loop turn
         self._outcomes: dict[str, list[Outcome]] = {}  # per orchestrator, this loop turn
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Handle | None = None
         self._encode = msgspec.json.Encoder().encode
         self._deadlines = Deadlines()
         self.dropped = 0  # answers not sent because they came too late
@@ -149,36 +150,36 @@ class DirectReplies:
             self._outcomes.setdefault(outcomes, []).append(Outcome(call, reply.code))
         if self._flushing is None:
             # Runs once every request of this loop turn has answered: one report per orchestrator.
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing = asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _flush(self) -> None:
-        publish = self.nc.publish
+    def _flush(self) -> None:
+        self._flushing = None
+        replies, self._replies = self._replies, []
+        outcomes, self._outcomes = self._outcomes, {}
+        if not replies:
+            return
+        if not self.nc.is_connected:
+            # nats-py would buffer them and send them after reconnecting, maybe after the
+            # orchestrator answered TIMEOUT itself: send nothing, let it answer.
+            self.dropped += len(replies)
+            return
         try:
-            while self._replies:
-                replies, self._replies = self._replies, []
-                outcomes, self._outcomes = self._outcomes, {}
-                if not self.nc.is_connected:
-                    # nats-py would buffer them and send them after reconnecting, maybe after
-                    # the orchestrator answered TIMEOUT itself: send nothing, let it answer.
-                    self.dropped += len(replies)
-                    continue
-                for subject, batch in outcomes.items():  # reports first: see the module docstring
-                    for start in range(0, len(batch), MAX_BATCH):
-                        await publish(subject, self._encode(OutcomeBatch(batch[start : start + MAX_BATCH])))
-                    self.reported += len(batch)
-                for reply_to, reply in replies:
-                    await publish(reply_to, reply.data, headers=reply.headers)
+            for subject, batch in outcomes.items():  # reports first: see the module docstring
+                for start in range(0, len(batch), MAX_BATCH):
+                    publish_nowait(
+                        self.nc, subject, self._encode(OutcomeBatch(batch[start : start + MAX_BATCH]))
+                    )
+                self.reported += len(batch)
+            for reply_to, reply in replies:
+                publish_nowait(self.nc, reply_to, reply.data, headers=reply.headers)
         except Exception as exc:  # closing: the orchestrator answers these calls after its grace
             log.warning("could not send direct replies: %r", exc)
-        finally:
-            self._flushing = None
 
     async def drain(self) -> None:
-        """Send the answers of this loop turn (before the connection closes)."""
+        """Hand the answers of this loop turn to the connection (before it closes)."""
         if self._flushing is not None:
-            await asyncio.shield(self._flushing)
-        if self._replies:
-            await self._flush()
+            self._flushing.cancel()
+        self._flush()
 
 
 def _seconds(text: str) -> float | None:

@@ -133,9 +133,10 @@ class Endpoint:
     queue_group: str | None = None
     metadata: dict[str, str] | None = None  # published in the Services API INFO of the endpoint
     direct_reply: bool = False  # honours Corral-Direct-Reply (see corral.runtime.direct)
-    # Called in the subscription callback, before a task is made: True when it took the request
-    # and answers and accounts for it itself (Service.account); False to serve it as usual.
-    accept: Callable[[Msg], Awaitable[bool]] | None = None
+    # Called in nats-py's read loop, before a task is made (so it must not block): True when it
+    # took the request and answers and accounts for it itself (Service.account); False to serve
+    # it as usual.
+    accept: Callable[[Msg], bool] | None = None
     stats: EndpointStats = field(default_factory=EndpointStats)
 
     async def serve(self, msg: Msg) -> tuple[Reply, int]:

@@ -34,6 +34,7 @@ from corral.protocol import (
     Heartbeat,
     codec_for,
 )
+from corral.runtime import inline
 from corral.runtime.direct import DirectReplies
 from corral.runtime.endpoints import Endpoint, Reply, error_reply, typed_handler
 from corral.runtime.heartbeat import HeartbeatEncoder, ProcessProbe, next_beat
@@ -131,7 +132,7 @@ class Service(Component):
         queue_group: str | None = None,
         metadata: dict[str, str] | None = None,
         direct_reply: bool = False,
-        accept: Callable[[Msg], Awaitable[bool]] | None = None,
+        accept: Callable[[Msg], bool] | None = None,
     ) -> Endpoint:
         """Add a raw endpoint: `handler(msg)` returns the encoded Reply.
 
@@ -240,25 +241,35 @@ class Service(Component):
             queue_group=self.subjects.queue_group(self.name),
             stats_handler=self._micro_stats,
         )
-        self._micro = await nats.micro.add_service(self.nc, config)
+        self._micro = micro = await nats.micro.add_service(self.nc, config)
         for endpoint in self.endpoints:
-            await self._micro.add_endpoint(
+            deliver = self._dispatcher(endpoint)
+
+            async def through_micro(request: Any, deliver: Callable[[Msg], None] = deliver) -> None:
+                deliver(request._msg)  # nats.micro wraps the Msg; we answer on it ourselves
+
+            await micro.add_endpoint(
                 name=endpoint.name,
                 subject=endpoint.subject,
-                handler=self._dispatcher(endpoint),
+                handler=through_micro,
                 queue_group=endpoint.queue_group,
                 metadata=endpoint.metadata,
             )
+            # nats.micro registered the endpoint (INFO, STATS, PING list it); its requests skip
+            # nats.micro's queue and task and come straight to the dispatcher (corral.runtime.inline).
+            registered = getattr(micro, "_endpoints", None)
+            sub = getattr(registered[-1], "_subscription", None) if registered else None
+            if sub is not None:
+                inline.deliver_inline(sub, deliver)
 
-    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Any], Awaitable[None]]:
-        # nats-py runs one subscription's callbacks one after another; a task per request lets
-        # an endpoint serve many requests at once. `self._tasks` is what drain waits for.
-        async def dispatch(request: Any) -> None:
-            msg: Msg = request._msg  # nats.micro wraps the Msg; we answer on it ourselves
+    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Msg], None]:
+        # Called in nats-py's read loop for each request: a task per request lets an endpoint
+        # serve many requests at once. `self._tasks` is what drain waits for.
+        def dispatch(msg: Msg) -> None:
             if self._draining:
-                await self._respond(msg, self._unavailable(endpoint, msg))
+                self._respond_now(msg, self._unavailable(endpoint, msg))
                 return
-            if endpoint.accept is not None and await endpoint.accept(msg):
+            if endpoint.accept is not None and endpoint.accept(msg):
                 return
             self._track(asyncio.create_task(self._serve(endpoint, msg)))
 
@@ -311,7 +322,7 @@ class Service(Component):
                 extra={"endpoint": endpoint.name, "outcome": reply.code},
             )
         if not reply.answered:
-            await self._respond(msg, reply)
+            self._respond_now(msg, reply)
 
     async def _serve_request(self, endpoint: Endpoint, msg: Msg) -> tuple[Reply, int]:
         """The endpoint's handler; a call forwarded for direct reply answers its caller itself."""
@@ -329,11 +340,11 @@ class Service(Component):
             return reply._replace(answered=True), elapsed_ns
         return await endpoint.serve(msg)
 
-    async def _respond(self, msg: Msg, reply: Reply) -> None:
+    def _respond_now(self, msg: Msg, reply: Reply) -> None:
         if not msg.reply:
             return  # a publish, not a request: nobody to answer
         try:
-            await self.nc.publish(msg.reply, reply.data, headers=reply.headers)
+            inline.publish_nowait(self.nc, msg.reply, reply.data, headers=reply.headers)
         except Exception as exc:  # the connection may be closing; the caller will time out
             log.warning("could not send reply on %s: %r", msg.subject, exc)
 
