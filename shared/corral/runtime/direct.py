@@ -52,7 +52,7 @@ from corral.protocol import (
 )
 from corral.runtime.deadlines import Deadlines, Handle
 from corral.runtime.endpoints import Reply, error_reply
-from corral.runtime.inline import publish_nowait
+from corral.runtime.inline import publish_nowait, write_pending
 from corral.subjects import outcomes_subject
 
 __all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies", "direct_reply_enabled"]
@@ -172,6 +172,7 @@ class DirectReplies:
                 self.reported += len(batch)
             for reply_to, reply in replies:
                 publish_nowait(self.nc, reply_to, reply.data, headers=reply.headers)
+            write_pending(self.nc)  # this loop turn's batch is complete: no need to wait a turn
         except Exception as exc:  # closing: the orchestrator answers these calls after its grace
             log.warning("could not send direct replies: %r", exc)
 

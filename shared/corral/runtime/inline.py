@@ -14,6 +14,7 @@ the call's own work (bench/call_path.py; README, Benchmarks).
 * `publish_nowait(nc, ...)` is `Client.publish` without the await: the command joins the
   connection's pending buffer, and the flusher is kicked once. Everything published while
   one read is processed goes out in one socket write, in publish order, as with `publish`.
+  `write_pending(nc)` writes that buffer at once, for the end of a batch.
   It does not wait for a full buffer to drain (nats-py's `flush_timeout`); callers bound what
   they publish (bulkheads, the replies to requests in flight).
 
@@ -37,11 +38,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["deliver_inline", "publish_nowait", "supported"]
+__all__ = ["deliver_inline", "publish_nowait", "supported", "write_pending"]
 
 log = logging.getLogger("corral.runtime.inline")
 
 _CLIENT_INTERNALS = (
+    "_transport",
     "_pending",
     "_pending_data_size",
     "_max_payload",
@@ -157,6 +159,25 @@ def publish_nowait(
     if not connected:
         return  # nats-py sends the pending buffer once it has reconnected
     _kick_flusher(nc)
+
+
+def write_pending(nc: Client) -> None:
+    """Write what is pending on `nc` to its socket now, instead of in the flusher's next turn:
+    for the end of a batch (one loop turn's direct replies), where waiting for the flusher
+    costs a loop iteration and gains nothing. Backpressure stays nats-py's: the flusher
+    still awaits the socket's drain when it next runs."""
+    if not nc._pending or not nc.is_connected or not supported(nc):
+        return
+    transport = nc._transport
+    if transport is None:
+        return
+    try:
+        transport.writelines(nc._pending)
+    except Exception:  # a broken socket: the flusher meets it too, and nats-py reconnects
+        _kick_flusher(nc)
+        return
+    nc._pending = []
+    nc._pending_data_size = 0
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
