@@ -44,6 +44,7 @@ __all__ = [
     "ensure_kv",
     "ensure_stream",
     "events_stream_spec",
+    "kv_values",
     "publish_durable",
     "request",
     "round_trip",
@@ -294,6 +295,30 @@ async def ensure_kv(js: JetStreamContext, spec: KVSpec) -> Any:
     stream_config.max_msg_size = spec.max_value_size
     await js.update_stream(stream_config)
     return await js.key_value(spec.bucket)
+
+
+async def kv_values(js: JetStreamContext, bucket: str, keys: str = ">") -> dict[str, bytes]:
+    """The current value of every key of `bucket` matching `keys` (a subject pattern); a
+    deleted key is left out, and so is every key when the bucket does not exist.
+
+    The keys come from the stream's subjects (one STREAM.INFO), not from nats-py's
+    `kv.keys()`, whose watcher can report no keys under load: the server pushed every entry
+    before the client handled one."""
+    try:
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{keys}")
+    except nats.js.errors.NotFoundError:
+        return {}
+    kv = await js.key_value(bucket)
+    values: dict[str, bytes] = {}
+    for subject in sorted(info.state.subjects or {}):
+        key = subject.removeprefix(f"$KV.{bucket}.")
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue  # deleted: its subject holds the delete marker
+        if entry.value:
+            values[key] = entry.value
+    return values
 
 
 async def publish_durable(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import nats
 import nats.errors
 import pytest
@@ -14,7 +15,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from corral.natsd import NatsServer
-from corral.runtime import inline
+from corral.orchestrator.service import OrchestratorService
+from corral.runtime import ServiceSettings, inline
 
 
 async def _collect(nc: Client, subject: str, count: int) -> tuple[list[Msg], asyncio.Future[None]]:
@@ -39,6 +41,22 @@ async def test_this_nats_py_has_what_inline_io_uses(nc: Client, prefix: str) -> 
 
 async def _ignore(msg: Msg) -> None:
     return None
+
+
+async def test_every_service_endpoint_and_the_mux_inbox_are_delivered_inline(
+    settings: ServiceSettings,
+) -> None:
+    async with OrchestratorService(settings) as orchestrator:
+        micro = orchestrator._micro
+        assert micro is not None
+        subs = [endpoint._subscription for endpoint in micro._endpoints]
+        assert subs
+        assert all(sub is not None and inline.is_inline(sub) for sub in subs)
+        assert orchestrator.mux._sub is not None
+        assert inline.is_inline(orchestrator.mux._sub)
+        # and they still answer: one request through the inline dispatcher
+        reply = await orchestrator.nc.request(f"{settings.prefix}.orchestrator.status", b"", timeout=5)
+        assert msgspec.json.decode(reply.data)["success"] is True
 
 
 async def test_inline_delivery_hands_over_every_message_in_order_without_its_task(

@@ -1,6 +1,8 @@
 """The health service's HTTP API, next to /metrics on its port.
 
 * `GET /api/status`: the system picture (the payload of `<prefix>.health.status`), as JSON;
+* `GET /api/breakers`: every module's circuit breaker as the orchestrators last shared it
+  (KV `corral_breakers`: state, since, next probe, reason), as a JSON list;
 * `GET /api/events`: Server-Sent Events, one `data: {"subject", "data"}` line per event
   published on `<prefix>.evt.>` from the moment of connecting;
 * `GET /`: the live dashboard (static HTML and an EventSource; no build step).
@@ -36,6 +38,7 @@ class HealthApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._dashboard)
         app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/breakers", self._breakers)
         app.router.add_get("/api/events", self._events)
 
     async def start(self) -> None:
@@ -64,6 +67,9 @@ class HealthApi:
 
     async def _status(self, _: web.Request) -> web.Response:
         return web.json_response(await self.service.picture())
+
+    async def _breakers(self, _: web.Request) -> web.Response:
+        return web.json_response(await self.service.breakers())
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

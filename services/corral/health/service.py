@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from corral.bus import ensure_stream, events_stream_spec, publish_durable
+from corral.bus import ensure_stream, events_stream_spec, kv_values, publish_durable
 from corral.component import cancel_and_wait
 from corral.config import ModuleConfig, load_config
 from corral.health.api import HealthApi
@@ -212,6 +212,21 @@ class HealthService(Service):
     async def picture(self) -> dict[str, Any]:
         await self.evaluate()
         return picture(self.board, self.modules)
+
+    async def breakers(self) -> list[dict[str, Any]]:
+        """Every module's circuit breaker as the orchestrators last shared it: the snapshots they
+        write to KV `corral_breakers` at each transition (corral.orchestrator.breakers), so the
+        dashboard shows the state every replica honours, with or without an orchestrator up."""
+        snapshots = []
+        for key, value in (await kv_values(self.js, self.subjects.breakers_bucket)).items():
+            try:
+                snapshot = msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                log.warning("ignoring unreadable breaker entry %s", key)
+                continue
+            if isinstance(snapshot, dict):
+                snapshots.append(snapshot)
+        return snapshots
 
     async def _events(self, query: EventQuery, ctx: RequestContext) -> list[EventRecord]:
         return await query_events(self.js, self.subjects, query, time.time())

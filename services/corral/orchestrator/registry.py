@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from corral.bus import KVSpec, ensure_kv
+from corral.bus import KVSpec, ensure_kv, kv_values
 from corral.orchestrator.records import HISTORY_KEEP, ModuleRecord, RecoveryEntry, history_key, module_key
 from corral.subjects import Subjects
 
@@ -49,22 +49,11 @@ class ModuleRegistry:
     async def load(self) -> dict[str, ModuleRecord]:
         """Every record in the bucket (what a standby answers, and where a new leader starts)."""
         records: dict[str, ModuleRecord] = {}
-        # The keys come from the stream's subjects (one STREAM.INFO), not from nats-py's
-        # `kv.keys()`, whose watcher can say "no keys" under load when the server pushed every
-        # entry before the client handled one: a new leader would then find no modules to adopt.
-        bucket = self.subjects.modules_bucket
-        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.module.*")
-        for subject in sorted(info.state.subjects or {}):
-            key = subject.removeprefix(f"$KV.{bucket}.")
+        for key, value in (await kv_values(self.js, self.subjects.modules_bucket, "module.*")).items():
             try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                try:
-                    records[key.removeprefix("module.")] = _decode_record(entry.value)
-                except msgspec.DecodeError as exc:
-                    log.warning("skipping unreadable registry entry %s: %s", key, exc)
+                records[key.removeprefix("module.")] = _decode_record(value)
+            except msgspec.DecodeError as exc:
+                log.warning("skipping unreadable registry entry %s: %s", key, exc)
         return records
 
     async def load_history(self, name: str) -> list[RecoveryEntry]:
