@@ -400,3 +400,45 @@ async def test_a_full_bulkhead_queues_direct_calls_by_priority(settings: Service
     assert stats["errors"] == {"OVERLOADED": 1, "TIMEOUT": 1}
     assert orchestrator.board is not None
     assert orchestrator.board.breakers["narrow"]._consecutive == 0  # our queue, not the module
+
+
+async def test_a_forged_header_cannot_make_a_module_publish_to_another_subject(system: System) -> None:
+    """Anyone allowed to publish to `<prefix>.mod.>` could name any subject in the header: the
+    module answers only an inbox directly, and otherwise the request's own reply subject."""
+    prefix, nc = system.prefix, system.nc
+    diverted: list[Msg] = []
+
+    async def divert(msg: Msg) -> None:
+        diverted.append(msg)
+
+    await nc.subscribe(f"{prefix}.state.set", cb=divert)
+    await nc.flush()
+    for target in (f"{prefix}.state.set", f"{prefix}.>", "_INBOX.*"):
+        reply = await nc.request(
+            f"{prefix}.mod.direct.echo",
+            b'{"x": 1}',
+            timeout=5,
+            headers={DIRECT_REPLY_HEADER: f"{target} 5"},
+        )
+        assert json.loads(reply.data)["payload"] == {"x": 1}  # answered on the request's inbox
+    await asyncio.sleep(0.2)
+    assert diverted == []
+
+
+async def test_a_caller_whose_reply_subject_is_no_inbox_is_answered_once_through_the_orchestrator(
+    system: System,
+) -> None:
+    await system.learn("direct")
+    prefix, nc = system.prefix, system.nc
+    got: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await nc.subscribe(f"{prefix}.replies.mine", cb=got.put)
+    await nc.flush()
+    body = b'{"type": "echo", "payload": {"n": 7}}'
+    await nc.publish(f"{prefix}.send.direct", body, reply=f"{prefix}.replies.mine")
+    first = await asyncio.wait_for(got.get(), 10)
+    await asyncio.sleep(0.3)
+    assert got.empty()  # exactly one answer
+    await sub.unsubscribe()
+    assert json.loads(first.data)["payload"] == {"n": 7}
+    await system.settled()
+    assert system.stats("direct")["successes"] == 1

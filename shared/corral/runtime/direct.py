@@ -23,6 +23,13 @@ API metadata) then:
 
 No-responders still reach the orchestrator, because the forward's reply subject is its own.
 
+Only an inbox is answered directly (`is_caller_inbox`: `_INBOX...`, no wildcard): anyone who
+may publish to `<prefix>.mod.>` could otherwise name any subject in the header and have the
+module publish its Response there. A request naming anything else is answered on its reply
+subject, as a plain request; through the orchestrator that still reaches the caller (the mux
+relays an answer on its own inbox). A caller with a custom inbox prefix that does not start
+with `_INBOX` is served that way too, one hop longer.
+
 Reconnects: answers due while the module is disconnected are not sent (nats-py would buffer
 and send them after reconnecting, perhaps after the orchestrator's own TIMEOUT); the caller
 then gets that TIMEOUT. If the orchestrator reconnected while a call was in flight and no
@@ -55,7 +62,7 @@ from corral.runtime.endpoints import Reply, error_reply
 from corral.runtime.inline import publish_nowait, write_pending
 from corral.subjects import outcomes_subject
 
-__all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies", "direct_reply_enabled"]
+__all__ = ["DIRECT_REPLY_METADATA", "MAX_BATCH", "DirectReplies", "direct_reply_enabled", "is_caller_inbox"]
 
 log = logging.getLogger("corral.runtime")
 
@@ -95,7 +102,9 @@ class DirectReplies:
         """Run the request (`run()` returns the Reply and its nanoseconds), answering the caller
         named in `header` (the Corral-Direct-Reply value) exactly once or not at all."""
         parts = header.split(" ")
-        if len(parts) != 2 or not msg.reply:  # not from an orchestrator: answer as usual
+        if len(parts) != 2 or not msg.reply or not is_caller_inbox(parts[0]):
+            # Not from an orchestrator, or naming a subject that is no caller's inbox (a module
+            # must not be made to publish its answers onto other subjects): answer as usual.
             result = await run()
             if msg.reply:
                 self._answer(msg.reply, result[0], "", "")
@@ -181,6 +190,12 @@ class DirectReplies:
         if self._flushing is not None:
             self._flushing.cancel()
         self._flush()
+
+
+def is_caller_inbox(subject: str) -> bool:
+    """Whether `subject` can be a requester's reply inbox: `_INBOX.<...>` (nats-py's, the NATS
+    CLI's and most clients' default, or a custom `_INBOX_<name>.` prefix), with no wildcard."""
+    return subject.startswith("_INBOX") and "." in subject and "*" not in subject and ">" not in subject
 
 
 def _seconds(text: str) -> float | None:
