@@ -272,9 +272,18 @@ class System:
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
         if self.nats_server is not None:
-            self.url_file.unlink(missing_ok=True)
+            self._forget_url()
             await asyncio.to_thread(self.nats_server.stop)
             console.print("stopped nats-server")
+
+    def _forget_url(self) -> None:
+        """Remove .corral/nats.url if it still names our server: a second `corral up` in the same
+        directory wrote its own, which the CLI must go on finding."""
+        try:
+            if self.url_file.read_text().strip() == self.nats_url:
+                self.url_file.unlink()
+        except OSError:
+            pass
 
     async def _stop_modules(self) -> None:
         assert self.nc is not None
