@@ -30,6 +30,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 
 from corral.errors import ConfigError
 from corral.subjects import Subjects
@@ -297,18 +298,22 @@ async def ensure_kv(js: JetStreamContext, spec: KVSpec) -> Any:
     return await js.key_value(spec.bucket)
 
 
-async def kv_values(js: JetStreamContext, bucket: str, keys: str = ">") -> dict[str, bytes]:
+async def kv_values(
+    js: JetStreamContext, bucket: str, keys: str = ">", kv: KeyValue | None = None
+) -> dict[str, bytes]:
     """The current value of every key of `bucket` matching `keys` (a subject pattern); a
     deleted key is left out, and so is every key when the bucket does not exist.
 
     The keys come from the stream's subjects (one STREAM.INFO), not from nats-py's
     `kv.keys()`, whose watcher can report no keys under load: the server pushed every entry
-    before the client handled one."""
+    before the client handled one. Pass the bucket's `kv` handle where you hold one: opening it
+    costs a second STREAM.INFO."""
     try:
         info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{keys}")
     except nats.js.errors.NotFoundError:
         return {}
-    kv = await js.key_value(bucket)
+    if kv is None:
+        kv = await js.key_value(bucket)
     values: dict[str, bytes] = {}
     for subject in sorted(info.state.subjects or {}):
         key = subject.removeprefix(f"$KV.{bucket}.")

@@ -20,9 +20,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import nats.js.errors
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -81,6 +84,7 @@ class HealthService(Service):
         self.api = HealthApi(self)
         self._decoder = msgspec.json.Decoder(Heartbeat)
         self._subscription: Subscription | None = None
+        self._breakers_kv: tuple[JetStreamContext, KeyValue] | None = None  # (its connection's js, handle)
         self._prober: Prober | None = None
         self._loop: asyncio.Task[None] | None = None
         self._event_ids = itertools.count(1)
@@ -217,8 +221,14 @@ class HealthService(Service):
         """Every module's circuit breaker as the orchestrators last shared it: the snapshots they
         write to KV `corral_breakers` at each transition (corral.orchestrator.breakers), so the
         dashboard shows the state every replica honours, with or without an orchestrator up."""
+        js, bucket = self.js, self.subjects.breakers_bucket
+        if self._breakers_kv is None or self._breakers_kv[0] is not js:  # once per connection
+            try:
+                self._breakers_kv = (js, await js.key_value(bucket))
+            except nats.js.errors.BucketNotFoundError:
+                return []  # no orchestrator has shared a breaker yet
         snapshots = []
-        for key, value in (await kv_values(self.js, self.subjects.breakers_bucket)).items():
+        for key, value in (await kv_values(js, bucket, kv=self._breakers_kv[1])).items():
             try:
                 snapshot = msgspec.json.decode(value)
             except msgspec.DecodeError:

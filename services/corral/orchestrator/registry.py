@@ -49,7 +49,9 @@ class ModuleRegistry:
     async def load(self) -> dict[str, ModuleRecord]:
         """Every record in the bucket (what a standby answers, and where a new leader starts)."""
         records: dict[str, ModuleRecord] = {}
-        for key, value in (await kv_values(self.js, self.subjects.modules_bucket, "module.*")).items():
+        for key, value in (
+            await kv_values(self.js, self.subjects.modules_bucket, "module.*", self.kv)
+        ).items():
             try:
                 records[key.removeprefix("module.")] = _decode_record(value)
             except msgspec.DecodeError as exc:

@@ -46,12 +46,13 @@ _CLIENT_INTERNALS = (
     "_transport",
     "_pending",
     "_pending_data_size",
+    "_max_pending_size",
     "_max_payload",
     "_flush_queue",
     "_flusher_task",
     "stats",
 )
-_SUBSCRIPTION_INTERNALS = ("_pending_queue", "_pending_size", "_wait_for_msgs_task")
+_SUBSCRIPTION_INTERNALS = ("_conn", "_pending_queue", "_pending_size", "_wait_for_msgs_task")
 _BAD_SUBJECT = re.compile(r"[\s]")  # what would end the protocol line (nats-py rejects it too)
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 token, as nats-py
 _known_keys: set[str] = set()  # header keys that passed the check: a handful in practice
@@ -72,10 +73,11 @@ def supported(nc: Client, sub: Subscription | None = None) -> bool:
 class _Handover:
     """Stands in for a Subscription's pending queue: every message goes to `deliver` at once."""
 
-    __slots__ = ("deliver", "sub")
+    __slots__ = ("deliver", "nc", "sub")
 
     def __init__(self, sub: Subscription, deliver: Callable[[Msg], None]) -> None:
         self.sub = sub
+        self.nc: Client = sub._conn
         self.deliver = deliver
 
     def put_nowait(self, msg: Msg) -> None:
@@ -84,7 +86,7 @@ class _Handover:
             self.deliver(msg)
         except Exception:  # one message's failure must not stop the connection's read loop
             log.exception("delivering a message on %s failed", msg.subject)
-        nc = self.sub._conn
+        nc = self.nc
         if nc._pending and not _unparsed(nc):
             # The last message of what was read: what its deliveries published goes out now,
             # in one write, rather than in the flusher's turn (a loop iteration later).
@@ -127,7 +129,7 @@ def deliver_inline(sub: Subscription, deliver: Callable[[Msg], None]) -> bool:
 
     The subscription's own callback task (if it has one) is stopped; its callback is no longer
     called. False (and nothing changed) where this nats-py lacks the internals."""
-    if not all(hasattr(sub, name) for name in _SUBSCRIPTION_INTERNALS):
+    if not hasattr(sub, "_conn") or not supported(sub._conn, sub):
         return False
     task = sub._wait_for_msgs_task
     if task is not None and not task.done():
