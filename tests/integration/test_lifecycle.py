@@ -40,6 +40,11 @@ def twenty_modules(journal_file: Path) -> dict[str, object]:
             fields = {"env": {**env, "PROBE_EXIT": "4"}, "required": False}
         elif name == "extra":
             fields["required"] = False
+        elif name in ("left", "right"):
+            # Each branch of the first diamond waits for the other's launch before it registers:
+            # a start that waited for one to run before launching the other would never finish.
+            sibling = "right" if name == "left" else "left"
+            fields = {"env": {**env, "PROBE_AWAIT_LAUNCH": sibling}}
         modules[name] = probe(deps, **fields)
     return modules
 
@@ -76,7 +81,7 @@ async def test_a_20_module_graph_starts_in_dependency_order_and_stops_in_reverse
         assert events.of("after_flaky") == [("registered", "stopped")]
 
         # The parallel start overlapped: both branches of the first diamond were launched
-        # before either was running.
+        # before either was running (each waits for the other's launch, so this is not a race).
         assert max(launched_at["left"], launched_at["right"]) < min(running_at["left"], running_at["right"])
 
         status = await call(nc, f"{prefix}.orchestrator.status")
