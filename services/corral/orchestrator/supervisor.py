@@ -453,13 +453,13 @@ class ModuleSupervisor:
                 return
             self.joining = False
             reason = f"external module lost its last instance: {what}"
+            await self._finish(entry, "waiting for an instance to register again")
             await self._set(ModuleState.FAILED, reason, error=what)
             await self.ctx.alert(
                 self.record, reason,
                 action="start an instance again (it rejoins when it registers), or "
                 f"`corral stop {self.name}` / deregister it",
             )  # fmt: skip
-            await self._finish(entry, "waiting for an instance to register again")
         finally:
             self._handled.discard(instance)
 
@@ -502,6 +502,11 @@ class ModuleSupervisor:
             )  # fmt: skip
             await self.ctx.add_history(self.name, entry)
             if decision.action in (GIVE_UP, "manual"):
+                # The history says so before the event and the alert do: an operator who reads
+                # it on the alert finds the outcome, not a pending entry.
+                await self._finish(
+                    entry, "gave up" if decision.action == GIVE_UP else "waiting for an operator"
+                )
                 # Left as they are for the operator, except what is gone already.
                 if self.spawns:
                     self.record.instances = [i for i in self.record.instances if self.ctx.launcher.alive(i)]
@@ -510,9 +515,6 @@ class ModuleSupervisor:
                         ModuleState.FAILED, decision.reason, error=what, attempts=decision.attempt
                     )
                 await self.ctx.alert(self.record, decision.reason)
-                await self._finish(
-                    entry, "gave up" if decision.action == GIVE_UP else "waiting for an operator"
-                )
                 return False
             if decision.action == "system_restart":
                 await asyncio.sleep(decision.delay)
