@@ -19,7 +19,7 @@ async def test_queued_tasks_run_most_urgent_first_and_fifo_within_a_level(
     processes.worker("only", concurrency=1)
     client = Client(nc, prefix=prefix)
     await wait_until(lambda: scheduler_answers(nc, prefix), 30, "the scheduler to answer", processes)
-    blocker = await client.submit("block", {"seconds": 1.5})
+    blocker = await client.submit("block", {"seconds": 4.0})  # outlasts the 15 submits below
     await wait_until(lambda: processes.runs("block"), 30, "the worker to be busy", processes)
 
     # Submitted least urgent first, interleaved: 4 3 2 1 0 4 3 2 1 0 ...

@@ -413,7 +413,7 @@ async def test_a_handler_that_raises_is_a_module_error_and_the_module_keeps_serv
 async def test_a_module_that_does_not_answer_in_time_is_a_timeout(
     system: str, nc: Client, envelope_timeout: float | None, header: str | None, expected: str
 ) -> None:
-    envelope: dict[str, Any] = {"type": "slow", "payload": {"seconds": 0.6}}
+    envelope: dict[str, Any] = {"type": "slow", "payload": {"seconds": 2.0}}
     if envelope_timeout is not None:
         envelope["timeout"] = envelope_timeout
     headers = {"Corral-Timeout": header} if header is not None else None
@@ -424,7 +424,8 @@ async def test_a_module_that_does_not_answer_in_time_is_a_timeout(
         f"module 'testmod' did not answer 'slow' within {expected}s"
     ]
     assert response_headers["Nats-Service-Error-Code"] == "504"
-    assert float(expected) <= elapsed < 0.55  # the orchestrator answered at the deadline, not the module
+    # The orchestrator answered at the deadline, long before the module would have (2 s).
+    assert float(expected) <= elapsed < 1.5
     # The module is still busy with the slow call, and serves others meanwhile.
     ok, _ = await request(nc, f"{system}.send.testmod", {"type": "square", "payload": {"n": 3}})
     assert ok["payload"] == 9

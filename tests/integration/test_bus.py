@@ -46,7 +46,9 @@ def test_sigterm_stops_a_service_still_waiting_for_nats() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "corral.state"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    time.sleep(1.5)
+    assert process.stderr is not None
+    # Its first "not reachable" line: it is past start-up, signal handlers set, waiting for NATS.
+    assert "not reachable" in process.stderr.readline().decode()
     process.send_signal(signal.SIGTERM)
     try:
         assert process.wait(10) == 0

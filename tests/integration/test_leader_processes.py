@@ -17,6 +17,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
+from corral.discovery import discover
 from corral.orchestrator.leader import Lease
 
 pytestmark = pytest.mark.chaos
@@ -31,13 +32,13 @@ class Replicas:
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, ttl: float = TTL) -> None:
         env = {
             **os.environ,
             "NATS_URL": self.nats_url,
             "CORRAL_PREFIX": self.prefix,
             "CORRAL_INSTANCE": name,
-            "CORRAL_LEASE_TTL": str(TTL),
+            "CORRAL_LEASE_TTL": str(ttl),
             "CORRAL_METRICS_PORT": "-1",
             "CORRAL_HEARTBEAT_INTERVAL": "0.5",
         }
@@ -81,13 +82,22 @@ async def wait_for_holder(nc: Client, prefix: str, name: str, timeout: float) ->
     return time.monotonic() - start
 
 
+async def wait_for_replicas(nc: Client, prefix: str, count: int) -> None:
+    """Until `count` orchestrators answer discovery: each is watching the lease by then (it
+    starts its election before it serves), so a handover is not also a process start."""
+    async with asyncio.timeout(30):
+        while len(await discover(nc, prefix, name="orchestrator", wait=0.2)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
 async def test_kill_9_of_the_leader_process_hands_the_lease_to_the_standby(
     replicas: Replicas, nc: Client, prefix: str
 ) -> None:
     replicas.start("o1")
     await wait_for_holder(nc, prefix, "o1", 30.0)
     replicas.start("o2")
-    await asyncio.sleep(TTL)  # o2 is up and watching; o1 keeps renewing
+    await wait_for_replicas(nc, prefix, 2)
+    await asyncio.sleep(TTL)  # o1 keeps renewing while o2 watches
     assert await holder(nc, prefix) == "o1"
     replicas.processes["o1"].send_signal(signal.SIGKILL)
     took = await wait_for_holder(nc, prefix, "o2", TTL * 4)
@@ -98,13 +108,16 @@ async def test_kill_9_of_the_leader_process_hands_the_lease_to_the_standby(
 async def test_sigterm_of_the_leader_process_hands_over_at_once(
     replicas: Replicas, nc: Client, prefix: str
 ) -> None:
-    replicas.start("o1")
+    # A long lease, so "at once" is far from "once the lease lapsed" even on a loaded machine.
+    ttl = 6.0
+    replicas.start("o1", ttl)
     await wait_for_holder(nc, prefix, "o1", 30.0)
-    replicas.start("o2")
-    await asyncio.sleep(TTL)
+    replicas.start("o2", ttl)
+    await wait_for_replicas(nc, prefix, 2)
     replicas.processes["o1"].send_signal(signal.SIGTERM)
     await asyncio.wait_for(asyncio.to_thread(replicas.processes["o1"].wait), 30)
     assert replicas.processes["o1"].returncode == 0
-    # Released on the way out: the standby's watch saw the delete; no ttl to wait.
-    took = await wait_for_holder(nc, prefix, "o2", TTL)
-    assert took < TTL / 2
+    # Released on the way out: the standby's watch saw the delete; no ttl to wait. A lapse
+    # would take at least ttl * 2/3 (the last renewal is at most ttl/3 old).
+    took = await wait_for_holder(nc, prefix, "o2", ttl)
+    assert took < ttl / 3

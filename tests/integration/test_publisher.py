@@ -25,13 +25,13 @@ async def test_publishes_are_acknowledged_refused_or_timed_out_each_at_its_own_d
 
     await nc.subscribe(f"{prefix}.silent", cb=swallow)
     await nc.flush()
-    publisher = AsyncPublisher(nc, timeout=0.4)
+    publisher = AsyncPublisher(nc, timeout=2.0)
     loop = asyncio.get_running_loop()
     try:
         acked = [await publisher.publish(f"{prefix}.pub.a", b"x") for _ in range(3)]
         first = await publisher.publish(f"{prefix}.silent", b"1")
         sent_first = loop.time()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
         second = await publisher.publish(f"{prefix}.silent", b"2")
         sent_second = loop.time()
         refused = await publisher.publish(
@@ -50,11 +50,11 @@ async def test_publishes_are_acknowledged_refused_or_timed_out_each_at_its_own_d
         assert not second.done()
         with pytest.raises(TimeoutError):
             await first
-        assert loop.time() - sent_first >= 0.35
+        assert loop.time() - sent_first >= 1.9
         assert not second.done()
         with pytest.raises(TimeoutError):
             await second
-        assert 0.35 <= loop.time() - sent_second < 1.5
+        assert 1.9 <= loop.time() - sent_second < 5.0
         assert len(silent) == 2
         # Nothing is left waiting, and the publisher still works after a timeout.
         assert not publisher._pending

@@ -239,9 +239,11 @@ async def test_heartbeats_carry_process_figures(settings: ServiceSettings, nc: C
             _, second = await asyncio.wait_for(beats.get(), 2)
             _, third = await asyncio.wait_for(beats.get(), 2)
             # The first beat goes out at start, the next on the first shared boundary (which may be
-            # near); from then on beats are one interval (0.2 s) apart: not a burst, not a stall.
-            assert 0.0 < second.timestamp - first.timestamp <= 0.3
-            assert 0.1 < third.timestamp - second.timestamp < 1.0
+            # near), the third on the boundary after (0.2 s on): not a burst, not a stall. A beat
+            # can be late on a loaded machine, never early.
+            assert 0.0 < second.timestamp - first.timestamp < 1.0
+            assert 0.0 < third.timestamp - second.timestamp < 1.0
+            assert third.timestamp - first.timestamp >= 0.19
 
             await send_checks(nc, settings.prefix, name, ok=2, failed=1)
             service.ready = False

@@ -64,7 +64,7 @@ async def eventually(probe: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 async def test_calls_run_in_parallel_up_to_the_pool_size() -> None:
-    async with pool_of(EXAMPLES / "hostile.wat", pool_size=2, timeout_ms=300) as pool:
+    async with pool_of(EXAMPLES / "hostile.wat", pool_size=2, timeout_ms=2000) as pool:
         calls = [asyncio.create_task(pool.compute(call("spin"))) for _ in range(3)]
         await eventually(lambda: pool.busy == 2 and pool.waiting == 1)
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -88,7 +88,7 @@ async def test_a_full_queue_is_overloaded_not_unbounded() -> None:
 
 
 async def test_a_caller_that_gives_up_does_not_lose_the_instance() -> None:
-    async with pool_of(EXAMPLES / "hostile.wat", pool_size=1, timeout_ms=100) as pool:
+    async with pool_of(EXAMPLES / "hostile.wat", pool_size=1, timeout_ms=1000) as pool:
         abandoned = asyncio.create_task(pool.compute(call("spin")))
         await eventually(lambda: pool.busy == 1)
         abandoned.cancel()
