@@ -380,7 +380,7 @@ async def test_a_full_bulkhead_queues_direct_calls_by_priority(settings: Service
         low = asyncio.create_task(system.send("narrow", "work", {"p": 4}, priority=4))
         await asyncio.sleep(0.05)
         high = asyncio.create_task(system.send("narrow", "work", {"p": 0}, priority=0))
-        expiring = asyncio.create_task(system.send("narrow", "work", {"p": 1}, timeout=0.2))
+        expiring = asyncio.create_task(system.send("narrow", "work", {"p": 1}, timeout=1.0))
         await asyncio.sleep(0.05)
         (full,) = await system.send("narrow", "work", {"p": 9})  # three queued: no room
         (expired,) = await expiring
@@ -389,7 +389,7 @@ async def test_a_full_bulkhead_queues_direct_calls_by_priority(settings: Service
         await system.settled()
     assert full["payload"]["code"] == "OVERLOADED"
     assert expired["payload"]["code"] == "TIMEOUT"
-    assert expired["payload"]["errors"][0].startswith("module 'narrow': no free call slot within 0.2s")
+    assert expired["payload"]["errors"][0].startswith("module 'narrow': no free call slot within 1s")
     assert [a[0]["payload"] for a in answers] == [2, 0, 4]
     assert order == [2, 0, 4]  # the critical call overtook the background one; 1 never ran
     assert all(len(a) == 1 for a in answers)

@@ -325,23 +325,30 @@ async def test_an_instance_too_slow_to_answer_fails_the_set_and_ends_on_the_old_
     settings: ServiceSettings, nc: Client, prefix: str
 ) -> None:
     module = Module("compiler")
+    slow_hook_done = asyncio.Event()
 
     @module.on_config
     async def configure(config: CompilerSettings) -> None:
         if config.max_depth == 777:
-            await asyncio.sleep(1.0)  # longer than the orchestrator waits
+            await asyncio.sleep(2.0)  # longer than the orchestrator waits
+            slow_hook_done.set()
 
     api_ = Api(nc, prefix)
     async with OrchestratorService(settings, initial_config={}) as orchestrator, module.service(settings):
         assert orchestrator.config_rollout is not None
-        orchestrator.config_rollout.apply_timeout = 0.3
         await api_.ok("set", {"module": "compiler", "values": {"max_depth": 64}})
+        orchestrator.config_rollout.apply_timeout = 1.0
         errors = await api_.fails("set", {"module": "compiler", "values": {"max_depth": 777}}, "UNAVAILABLE")
         assert errors == [
-            "1 of 1 instances of 'compiler' did not answer within 0.3s; "
+            "1 of 1 instances of 'compiler' did not answer within 1s; "
             "module 'compiler' keeps its config; nothing was committed"
         ]
-        await asyncio.sleep(1.2)  # the slow hook finishes, then the old config is put back after it
+        # The slow hook finishes, then the old config is put back after it.
+        await asyncio.wait_for(slow_hook_done.wait(), 10)
+        for _ in range(250):
+            if module.config == CompilerSettings(max_depth=64):
+                break
+            await asyncio.sleep(0.02)
         assert module.config == CompilerSettings(max_depth=64)
         assert module.config_version == 1
         assert (await api_.ok("get", {"module": "compiler"}))["version"] == 1

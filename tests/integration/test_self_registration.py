@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +40,9 @@ class Pod:
             "CORRAL_MODULE": module,
             "CORRAL_INSTANCE": instance,
             "CORRAL_DEPENDS_ON": ",".join(depends_on),
-            "CORRAL_HEARTBEAT_INTERVAL": "0.2",
+            # Three missed beats are a failure: 1.5 s, so a pod starved of CPU on a loaded
+            # machine is not taken for a dead one.
+            "CORRAL_HEARTBEAT_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
         }
         self.instance = instance
@@ -89,6 +92,18 @@ async def record(nc: Client, prefix: str, module: str) -> dict[str, Any]:
     return found
 
 
+async def until_instances(nc: Client, prefix: str, module: str, instances: list[str]) -> dict[str, Any]:
+    """The module's record once it lists exactly `instances` (sorted), within 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        found: dict[str, Any] = (await record(nc, prefix, module))["record"]
+        seen = sorted(i["instance"] for i in found["instances"])
+        if seen == instances:
+            return found
+        assert time.monotonic() < deadline, f"{module} lists {seen}, not {instances}"
+        await asyncio.sleep(0.05)
+
+
 async def cli(settings: ServiceSettings, *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         CORRAL, "--nats-url", settings.bus.servers[0], "--prefix", settings.prefix, *args,
@@ -114,7 +129,7 @@ async def test_a_self_started_module_joins_runs_fails_rejoins_and_leaves(
         assert found["source"] == "sdk"
         assert found["descriptor"]["kind"] == "external"
         assert found["descriptor"]["depends_on"] == ["base"]
-        assert found["descriptor"]["heartbeat_interval"] == 0.2  # what the instance registered with
+        assert found["descriptor"]["heartbeat_interval"] == 0.5  # what the instance registered with
         assert found["types"] == ["ping"]
         assert [i["instance"] for i in found["instances"]] == ["worker-a"]
         assert found["status"]["reason"] == "instance worker-a registered; waiting for base"
@@ -192,13 +207,9 @@ async def test_an_instance_leaving_while_others_serve_keeps_the_module_running(
         await second.start()
         try:
             await events.wait_for(lambda: events.state("replicated") == "running")
-            await asyncio.sleep(0.3)
-            instances = (await record(nc, prefix, "replicated"))["record"]["instances"]
-            assert sorted(i["instance"] for i in instances) == ["rep-1", "rep-2"]
+            await until_instances(nc, prefix, "replicated", ["rep-1", "rep-2"])
             await first.stop()  # deregisters rep-1; rep-2 still serves
-            await asyncio.sleep(0.5)
-            found = (await record(nc, prefix, "replicated"))["record"]
-            assert [i["instance"] for i in found["instances"]] == ["rep-2"]
+            found = await until_instances(nc, prefix, "replicated", ["rep-2"])
             assert found["status"]["state"] == "running"
             await second.stop()
             await events.wait_for(lambda: events.state("replicated") == "stopped")

@@ -123,16 +123,20 @@ async def test_snapshots(service: StateService, cli: Cli) -> None:
 
 
 async def test_watch_prints_changes_as_json_lines(
-    service: StateService, cli: Cli, nc: Client, prefix: str
+    service: StateService, cli: Cli, nc: Client, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = StateClient(nc, prefix=prefix, settings=STATE)
     await state.set("w.a", 0)
     watching = asyncio.create_task(cli("watch", "w.*", "--current", "--count", "3"))
-    await asyncio.sleep(0.5)
+    printed = ""
+    async with asyncio.timeout(10):  # the current value printed: the watch is in place
+        while '"initial"' not in printed:
+            await asyncio.sleep(0.02)
+            printed += capsys.readouterr().out
     await state.set("w.a", 1)
     await state.delete("w.a")
     code, out, _ = await asyncio.wait_for(watching, 10)
-    lines = [json.loads(line) for line in out.splitlines()]
+    lines = [json.loads(line) for line in (printed + out).splitlines()]
     assert code == 0
     assert [(c["key"], c["old_value"], c["new_value"], c["operation"]) for c in lines] == [
         ("w.a", None, 0, "initial"),
