@@ -19,7 +19,7 @@ async def test_a_killed_workers_task_resumes_from_its_checkpoint_on_another_work
     processes.worker("first", concurrency=1)
     client = Client(nc, prefix=prefix)
     await wait_until(lambda: scheduler_answers(nc, prefix), 30, "the scheduler to answer", processes)
-    handle = await client.submit("steps", {"steps": 8, "seconds": 0.2})
+    handle = await client.submit("steps", {"steps": 8, "seconds": 0.5})  # room to kill it midway
 
     def first_steps() -> list[int]:
         return [r["step"] for r in processes.runs("step") if r["worker"] == "first"]
