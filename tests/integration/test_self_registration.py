@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 
+from corral.config import ModuleConfig
 from corral.runtime import ServiceSettings
 from corral.sdk import Module
 from tests.lifecycle_helpers import PROBE, EventLog, call, orchestrator, probe, system
@@ -90,6 +92,16 @@ async def record(nc: Client, prefix: str, module: str) -> dict[str, Any]:
     assert reply["success"], reply
     found: dict[str, Any] = reply["payload"]
     return found
+
+
+async def pod_ready(nc: Client, prefix: str, module: str) -> bool:
+    """Whether an instance of `module` says it is ready (its status control verb)."""
+    try:
+        msg = await nc.request(f"{prefix}.modctl.{module}.status", b"", timeout=1)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return False
+    reply: dict[str, Any] = json.loads(msg.data)
+    return bool(reply["success"] and reply["payload"]["ready"])
 
 
 async def until_instances(nc: Client, prefix: str, module: str, instances: list[str]) -> dict[str, Any]:
@@ -216,6 +228,80 @@ async def test_an_instance_leaving_while_others_serve_keeps_the_module_running(
         finally:
             await first.stop()
             await second.stop()
+
+
+@pytest.mark.chaos
+async def test_a_declared_external_module_tracks_its_pods_loses_them_and_rejoins(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    """Declared in corral.toml as `external` (Kubernetes runs its pods): the orchestrator knows
+    its instances from their registrations, drops one whose heartbeats stop, fails the module
+    with an alert when the last one goes, and starts it again when a new pod registers."""
+    worker = msgspec.convert(
+        {"kind": "external", "depends_on": ["base"], "heartbeat_interval": 0.5, "startup_timeout": 20},
+        ModuleConfig,
+    )
+    events = EventLog()
+    await events.attach(nc, prefix)
+    async with (
+        orchestrator(settings, system(tmp_path, {"base": probe(), "worker": worker})),
+        pods(settings) as run,
+    ):
+        first = await run("worker", "worker-a", ["base"])
+        started = await call(nc, f"{prefix}.orchestrator.start_system", timeout=60)
+        assert started["success"], started
+        await until_instances(nc, prefix, "worker", ["worker-a"])
+        second = await run("worker", "worker-b", ["base"])  # scaled up: known once it registers
+        found = await until_instances(nc, prefix, "worker", ["worker-a", "worker-b"])
+        assert (found["source"], found["descriptor"]["kind"]) == ("config", "external")
+
+        # kill -9 of one pod: dropped, the module still runs on the other.
+        assert await first.signal(signal.SIGKILL) == -signal.SIGKILL
+        await until_instances(nc, prefix, "worker", ["worker-b"])
+        history = (await record(nc, prefix, "worker"))["history"]
+        assert [(h["instance"], h["action"], h["outcome"]) for h in history] == [
+            ("worker-a", "drop_instance", "dropped; 1 instance(s) still serving")
+        ]
+        assert events.state("worker") == "running"
+
+        # kill -9 of the last: failed, with an alert saying what to do.
+        assert await second.signal(signal.SIGKILL) == -signal.SIGKILL
+        await events.wait_for(lambda: events.state("worker") == "failed", timeout=15)
+        await events.wait_for(lambda: any(a["module"] == "worker" for a in events.alerts))
+        (alert,) = [a for a in events.alerts if a["module"] == "worker"]
+        assert "lost its last instance" in alert["reason"]
+        assert "instance worker-b: no heartbeat for" in alert["error"]
+
+        # The platform starts a new pod: it registers, and the module runs again.
+        third = await run("worker", "worker-c", ["base"])
+        await events.wait_for(lambda: events.state("worker") == "running")
+        assert events.of("worker") == [
+            ("registered", "starting"), ("starting", "running"), ("running", "failed"),
+            ("failed", "starting"), ("starting", "running"),
+        ]  # fmt: skip
+        await until_instances(nc, prefix, "worker", ["worker-c"])
+        assert (await call(nc, f"{prefix}.send.worker", {"type": "ping", "payload": {}}))["success"]
+
+        # A clean shutdown deregisters: stopped, not failed; still meant to run, so the next
+        # pod to register (a Recreate rollout) starts it again.
+        assert await third.signal(signal.SIGTERM) == 0
+        await events.wait_for(lambda: events.state("worker") == "stopped")
+        assert [a for a in events.alerts if a["module"] == "worker"] == [alert]
+        await run("worker", "worker-d", ["base"])
+        await events.wait_for(lambda: events.of("worker")[-1] == ("starting", "running"))
+        await until_instances(nc, prefix, "worker", ["worker-d"])
+
+        # Stopped by an operator, it is no longer meant to run: a pod that registers (its
+        # platform restarted it) waits at the gate and is not taken into the record.
+        stopped = await call(nc, f"{prefix}.orchestrator.stop", {"module": "worker"})
+        assert stopped["success"], stopped
+        await events.wait_for(lambda: events.state("worker") == "stopped")
+        await run("worker", "worker-e", ["base"])
+        async with asyncio.timeout(15):  # registered and through the gate (base is running)
+            while not await pod_ready(nc, prefix, "worker"):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        found = (await record(nc, prefix, "worker"))["record"]
+        assert (found["status"]["state"], found["instances"]) == ("stopped", [])
 
 
 async def test_a_declared_module_keeps_its_descriptor_when_its_instances_register(

@@ -227,7 +227,7 @@ class Lifecycle:
         self.ready_acks(module)[instance] = started
         self.ready_signal(module).set()
         sup = self.supervisors.get(module)
-        if self.active and sup is not None and sup.self_registered:
+        if self.active and sup is not None and sup.external:
             self._spawn(sup.joined(instance))
 
     def last_heartbeat(self, instance: str) -> float | None:
@@ -451,11 +451,14 @@ class Lifecycle:
     async def join(self, reg: ModuleRegistration) -> ModuleRecord | None:
         """An SDK instance that started on its own registered: create or update the module's
         record (kind external, source "sdk") and start its lifecycle. A module declared in
-        corral.toml or registered with a descriptor keeps that descriptor and its lifecycle:
-        None, the registration only waits at the readiness gate. ValueError: a cycle."""
+        corral.toml or registered with a descriptor keeps that descriptor and its lifecycle
+        (None): the registration waits at the readiness gate, and an external one's instance is
+        recorded (see ModuleSupervisor.join). ValueError: a cycle."""
         self._require_active()
         record = self.registry.records.get(reg.module)
         if record is not None and record.source != "sdk":
+            if record.descriptor.kind == "external":
+                await self.supervisors[reg.module].join(reg.instance)
             return None
         descriptor = _external(reg, record.descriptor if record is not None else None)
         if record is None or record.descriptor.depends_on != descriptor.depends_on:
@@ -475,9 +478,9 @@ class Lifecycle:
         """An SDK instance deregistered on a clean shutdown: (what happened, the module's state)."""
         self._require_active()
         sup = self.supervisors.get(name)
-        if sup is None or not sup.self_registered:
+        if sup is None or not sup.external:
             state = sup.record.state.value if sup is not None else ""
-            return "ignored", state  # declared modules: their lifecycle sees the exit itself
+            return "ignored", state  # launched modules: their lifecycle sees the exit itself
         known = await sup.leave(instance)
         return ("instance" if known else "ignored"), sup.record.state.value
 
@@ -515,7 +518,7 @@ class Lifecycle:
         sup = self.supervisors.get(verdict.module)
         if sup is None or verdict.new != "unhealthy":
             return
-        if (sup.spawns or sup.self_registered) and not verdict.instance:
+        if (sup.spawns or sup.external) and not verdict.instance:
             return  # the module-wide verdict repeats the instance verdicts we act on
         sup.unhealthy(
             verdict.instance,

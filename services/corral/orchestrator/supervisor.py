@@ -103,6 +103,13 @@ class ModuleSupervisor:
         return self.record.source == "sdk"
 
     @property
+    def external(self) -> bool:
+        """Its instances run elsewhere (a pod, a process started by hand): declared or
+        self-registered, they are known from their registrations and readiness answers, and
+        watched through their heartbeats."""
+        return self.record.descriptor.kind == "external"
+
+    @property
     def busy(self) -> bool:
         """A start, stop or recovery owns the state: joins and leaves only update instances."""
         return self._operating or self.recovering
@@ -241,6 +248,17 @@ class ModuleSupervisor:
             if pending is not None:
                 pending.discard(instance)
             self.ready_at[instance] = now
+            if self.external:
+                self._know(instance).ready = True
+
+    def _know(self, instance: str) -> InstanceRecord:
+        """The record of an external instance, added when it is first seen."""
+        inst = next((i for i in self.record.instances if i.instance == instance), None)
+        if inst is None:
+            inst = InstanceRecord(instance=instance, started=time.time())
+            self.record.instances.append(inst)
+            self._handled.discard(instance)
+        return inst
 
     def _raise_on_exit(self, pending: set[str]) -> None:
         for instance in sorted(pending):
@@ -340,7 +358,7 @@ class ModuleSupervisor:
     def unhealthy(self, instance: str, what: str) -> None:
         """The health service judged `instance` unhealthy. A self-registered instance that has
         also gone silent is lost (no verb can reach it); any other is recovered by its policy."""
-        if self.self_registered and instance:
+        if self.external and instance:
             silent = self.clock() - self._last_seen(instance) > 2 * self.record.descriptor.heartbeat_interval
             if silent:
                 self._queue_loss(instance, what)
@@ -349,7 +367,7 @@ class ModuleSupervisor:
 
     def check_heartbeats(self, now: float) -> None:
         """A failure for each instance silent for unhealthy_threshold heartbeat intervals."""
-        watched = self.spawns or self.self_registered  # a declared external lists no instances
+        watched = self.spawns or self.external
         if (self.record.state not in UP_STATES and not self.joining) or self.busy or not watched:
             return
         module = self.record.descriptor
@@ -379,16 +397,17 @@ class ModuleSupervisor:
     # --- a module whose own instances register (source "sdk") ----------------------------------
     async def join(self, instance: str) -> None:
         """An instance registered: record it; a module that was not up starts (registered,
-        stopped or failed -> starting) and becomes running when an instance acknowledges `ready`."""
+        stopped or failed -> starting) and becomes running when an instance acknowledges `ready`.
+        A declared external module starts so only when it was meant to run (it lost its
+        instances): before that, start_system or `corral start` starts it."""
         if not any(i.instance == instance for i in self.record.instances):
-            self.record.instances.append(InstanceRecord(instance=instance, started=time.time()))
+            self._know(instance)
             self.joined_at[instance] = self.clock()
-            self._handled.discard(instance)
-        if self.busy or self.record.state not in (
-            ModuleState.REGISTERED,
-            ModuleState.STOPPED,
-            ModuleState.FAILED,
-        ):
+        down = (ModuleState.REGISTERED, ModuleState.STOPPED, ModuleState.FAILED)
+        if self.record.state in down and not (self.self_registered or self.record.desired == "running"):
+            self._forget(instance)  # not meant to run: the instance only waits at the readiness gate
+            return
+        if self.busy or self.record.state not in down:
             await self.ctx.save(self.record)
             return
         self.record.desired = "running"
@@ -400,10 +419,9 @@ class ModuleSupervisor:
 
     async def joined(self, instance: str) -> None:
         """An instance acknowledged the readiness gate's `ready` (its dependencies are up)."""
-        inst = next((i for i in self.record.instances if i.instance == instance), None)
-        if inst is None:  # registered with a previous leader: known from now on
-            inst = InstanceRecord(instance=instance, started=time.time())
-            self.record.instances.append(inst)
+        if not self.self_registered and self.record.state not in (ModuleState.STARTING, *UP_STATES):
+            return  # a declared module's instance, acknowledging while the module is not up
+        inst = self._know(instance)  # may have registered with a previous leader
         inst.ready = True
         self.ready_at[instance] = self.clock()
         if self.joining and self.record.state is ModuleState.STARTING and not self.busy:
@@ -422,14 +440,16 @@ class ModuleSupervisor:
         if self.record.instances or self.busy or not up:
             await self.ctx.save(self.record)
             return known
-        self.record.desired = "stopped"
+        if self.self_registered:
+            # A declared module stays meant to run: the next instance that registers starts it.
+            self.record.desired = "stopped"
         self.joining = False
         await self._set(ModuleState.STOPPING, f"instance {instance} deregistered (clean shutdown)")
         await self._set(ModuleState.STOPPED, "every instance shut down cleanly and deregistered")
         return known
 
     async def _lose(self, instance: str, what: str) -> None:
-        """An instance of a self-registered module stopped heartbeating (killed, or cut off).
+        """An instance of an external module stopped heartbeating (killed, or cut off).
         It cannot be relaunched from here and takes no control verb, so it is dropped; when none
         is left the module is failed, with an alert, until an instance registers again (its
         platform, e.g. Kubernetes, restarts it) or an operator acts."""
