@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from corral.errors import ConfigError
 from corral.health.service import HealthService
 from corral.orchestrator.service import OrchestratorService
 from corral.protocol import Heartbeat
@@ -284,6 +286,46 @@ async def test_metrics_count_requests_by_endpoint_and_outcome(
     assert any(line.startswith(f"{metric}_heartbeats_total ") for line in lines)
     assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
     assert not any(line.startswith(f"{metric}_requests_total") and 'endpoint="nap"' in line for line in lines)
+
+
+async def test_a_handler_that_blocks_the_loop_is_reported_and_counted(
+    settings: ServiceSettings, nc: Client, name: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = Module(name)
+
+    @module.handler("crunch")
+    async def crunch(req: Nap) -> float:
+        time.sleep(req.seconds)  # noqa: ASYNC251 - blocking in an async handler: the mistake reported
+        return req.seconds
+
+    watched = msgspec.structs.replace(settings, stall_warning=0.2)
+    async with module.service(watched) as service:
+        with caplog.at_level(logging.WARNING, logger="corral.runtime"):
+            reply = await call(nc, f"{prefix}.mod.{name}.crunch", {"seconds": 0.8})
+            assert reply["payload"] == 0.8
+            await asyncio.sleep(0.3)  # the loop has run again: the stall is counted
+        async with aiohttp.ClientSession() as session:
+            _, text = await fetch(session, f"{service.metrics_url}/metrics")
+    blocked, resumed = [
+        r.getMessage() for r in caplog.records if r.name == "corral.runtime" and r.levelno >= logging.WARNING
+    ]
+    assert blocked.startswith(f"module {name}: the event loop is blocked (")
+    assert "in crunch\n    time.sleep(req.seconds)" in blocked
+    assert resumed.startswith(f"module {name}: the event loop ran again after being blocked for ")
+    lines = text.splitlines()
+    assert f"corral_{name}_event_loop_stalls_total 1.0" in lines
+    (seconds,) = [
+        line for line in lines if line.startswith(f"corral_{name}_event_loop_blocked_seconds_total ")
+    ]
+    assert float(seconds.split()[1]) >= 0.5
+
+
+def test_a_negative_stall_warning_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServiceSettings.from_env({"CORRAL_STALL_WARNING": "-1"})
+    assert "invalid service setting from the environment" in str(caught.value)
+    assert "$.stall_warning" in str(caught.value)
+    assert ServiceSettings.from_env({"CORRAL_STALL_WARNING": "0"}).stall_warning == 0.0
 
 
 async def test_healthz_and_readyz(module: ModuleService) -> None:

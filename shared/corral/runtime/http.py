@@ -88,6 +88,16 @@ class ServiceMetrics:
         self.heartbeats = Counter(
             f"{prefix}_heartbeats_total", "Heartbeats published", registry=self.registry
         )
+        self.loop_stalls = Counter(
+            f"{prefix}_event_loop_stalls_total",
+            "Times the event loop was blocked past CORRAL_STALL_WARNING",
+            registry=self.registry,
+        )
+        self.loop_blocked = Counter(
+            f"{prefix}_event_loop_blocked_seconds_total",
+            "Seconds the event loop spent blocked in those stalls",
+            registry=self.registry,
+        )
         # Standard process_* figures (cpu seconds, resident memory, open fds) for this process.
         prometheus_client.ProcessCollector(registry=self.registry)
         self.prefix = prefix

@@ -41,6 +41,7 @@ from corral.runtime.heartbeat import HeartbeatEncoder, ProcessProbe, next_beat
 from corral.runtime.http import HttpEndpoint, ServiceMetrics
 from corral.runtime.otel import RequestTracer, request_tracer
 from corral.runtime.settings import ServiceSettings
+from corral.runtime.stall import StallWatch
 from corral.subjects import Subjects
 from corral.tracing import traceparent_var
 
@@ -85,6 +86,7 @@ class Service(Component):
         self._http: HttpEndpoint | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._stall_watch: StallWatch | None = None
         self._draining = False
         self._stopped = asyncio.Event()
         self._stop_lock = asyncio.Lock()
@@ -198,6 +200,11 @@ class Service(Component):
         # (one nats-py flush() is not enough: see corral.bus.round_trip).
         await round_trip(self.nc)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
+        if self.settings.stall_warning > 0:
+            self._stall_watch = StallWatch(
+                f"{self.role} {self.name}", self.settings.stall_warning, on_stall=self._count_stall
+            )
+            self._stall_watch.start()
         log.info(
             "%s %s started",
             self.role,
@@ -223,6 +230,10 @@ class Service(Component):
         if not self.ready:
             return False, "waiting to be told it may serve"
         return True, "ok"
+
+    def _count_stall(self, seconds: float) -> None:
+        self.metrics.loop_stalls.inc()
+        self.metrics.loop_blocked.inc(seconds)
 
     def _uptime(self) -> float:
         return time.time() - self.started_at if self.started_at else 0.0
@@ -424,6 +435,9 @@ class Service(Component):
                     task.cancel()
             if self._heartbeat_task is not None:
                 await cancel_and_wait(self._heartbeat_task)
+            if self._stall_watch is not None:
+                self._stall_watch.stop()
+                self._stall_watch = None
             await self.teardown()
             if self._direct is not None:
                 await self._direct.drain()

@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -27,8 +27,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
 
     Environment: `CORRAL_PREFIX`, `CORRAL_INSTANCE`, `CORRAL_METRICS_HOST`, `CORRAL_METRICS_PORT`
     (0 picks a free port; -1 turns the HTTP endpoint off), `CORRAL_HEARTBEAT_INTERVAL` (seconds),
-    `CORRAL_DRAIN_TIMEOUT` (seconds), `CORRAL_MAX_REQUEST_BYTES`, `CORRAL_LOG_LEVEL`, plus the
-    `NATS_*` variables of BusSettings.
+    `CORRAL_DRAIN_TIMEOUT` (seconds), `CORRAL_MAX_REQUEST_BYTES`, `CORRAL_LOG_LEVEL`,
+    `CORRAL_STALL_WARNING` (seconds the event loop may be blocked before the instance logs where;
+    0 turns it off), plus the `NATS_*` variables of BusSettings.
     """
 
     prefix: str = DEFAULT_PREFIX
@@ -39,6 +40,7 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     drain_timeout: float = 10.0
     max_request_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    stall_warning: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
 
     @classmethod
@@ -54,6 +56,7 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
             ("drain_timeout", "CORRAL_DRAIN_TIMEOUT"),
             ("max_request_bytes", "CORRAL_MAX_REQUEST_BYTES"),
             ("log_level", "CORRAL_LOG_LEVEL"),
+            ("stall_warning", "CORRAL_STALL_WARNING"),
         ):
             if value := env.get(var):
                 raw[field] = value
