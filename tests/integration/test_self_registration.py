@@ -237,8 +237,10 @@ async def test_a_declared_external_module_tracks_its_pods_loses_them_and_rejoins
     """Declared in corral.toml as `external` (Kubernetes runs its pods): the orchestrator knows
     its instances from their registrations, drops one whose heartbeats stop, fails the module
     with an alert when the last one goes, and starts it again when a new pod registers."""
+    # Declared with a shorter heartbeat than its pods use (0.5 s): each pod's own interval,
+    # from its registration, is the one it is judged by.
     worker = msgspec.convert(
-        {"kind": "external", "depends_on": ["base"], "heartbeat_interval": 0.5, "startup_timeout": 20},
+        {"kind": "external", "depends_on": ["base"], "heartbeat_interval": 0.1, "startup_timeout": 20},
         ModuleConfig,
     )
     events = EventLog()
@@ -271,6 +273,7 @@ async def test_a_declared_external_module_tracks_its_pods_loses_them_and_rejoins
         (alert,) = [a for a in events.alerts if a["module"] == "worker"]
         assert "lost its last instance" in alert["reason"]
         assert "instance worker-b: no heartbeat for" in alert["error"]
+        assert alert["error"].endswith("(3 intervals of 0.5s)")
 
         # The platform starts a new pod: it registers, and the module runs again.
         third = await run("worker", "worker-c", ["base"])

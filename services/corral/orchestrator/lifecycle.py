@@ -458,7 +458,7 @@ class Lifecycle:
         record = self.registry.records.get(reg.module)
         if record is not None and record.source != "sdk":
             if record.descriptor.kind == "external":
-                await self.supervisors[reg.module].join(reg.instance)
+                await self.supervisors[reg.module].join(reg.instance, reg.heartbeat_interval)
             return None
         descriptor = _external(reg, record.descriptor if record is not None else None)
         if record is None or record.descriptor.depends_on != descriptor.depends_on:

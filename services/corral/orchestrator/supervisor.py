@@ -89,6 +89,9 @@ class ModuleSupervisor:
         # `ready` acknowledgement: the acknowledgement makes it running (see `join`).
         self.joining = record.source == "sdk" and record.state is ModuleState.STARTING
         self.joined_at: dict[str, float] = {}  # instance -> monotonic time it registered
+        # instance -> the heartbeat interval it registered with, for a declared external module
+        # whose pods may beat slower than its descriptor says (a pod's own setting wins).
+        self.beat_intervals: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -359,7 +362,7 @@ class ModuleSupervisor:
         """The health service judged `instance` unhealthy. A self-registered instance that has
         also gone silent is lost (no verb can reach it); any other is recovered by its policy."""
         if self.external and instance:
-            silent = self.clock() - self._last_seen(instance) > 2 * self.record.descriptor.heartbeat_interval
+            silent = self.clock() - self._last_seen(instance) > 2 * self._beat_interval(instance)
             if silent:
                 self._queue_loss(instance, what)
                 return
@@ -370,19 +373,22 @@ class ModuleSupervisor:
         watched = self.spawns or self.external
         if (self.record.state not in UP_STATES and not self.joining) or self.busy or not watched:
             return
-        module = self.record.descriptor
-        limit = module.heartbeat_interval * module.unhealthy_threshold
+        threshold = self.record.descriptor.unhealthy_threshold
         for inst in list(self.record.instances):
             reference = self._last_seen(inst.instance)
-            if reference and now - reference > limit:
+            interval = self._beat_interval(inst.instance)
+            if reference and now - reference > interval * threshold:
                 what = (
                     f"instance {inst.instance}: no heartbeat for {now - reference:.1f}s "
-                    f"({module.unhealthy_threshold} intervals of {module.heartbeat_interval:g}s)"
+                    f"({threshold} intervals of {interval:g}s)"
                 )
                 if self.spawns:
                     self.fail(inst.instance, what)
                 else:
                     self._queue_loss(inst.instance, what)
+
+    def _beat_interval(self, instance: str) -> float:
+        return max(self.record.descriptor.heartbeat_interval, self.beat_intervals.get(instance, 0.0))
 
     def _queue_loss(self, instance: str, what: str) -> None:
         if instance not in self._handled and not self.busy:
@@ -395,7 +401,7 @@ class ModuleSupervisor:
         return max((x for x in seen if x is not None), default=0.0)
 
     # --- a module whose own instances register (source "sdk") ----------------------------------
-    async def join(self, instance: str) -> None:
+    async def join(self, instance: str, heartbeat_interval: float = 0.0) -> None:
         """An instance registered: record it; a module that was not up starts (registered,
         stopped or failed -> starting) and becomes running when an instance acknowledges `ready`.
         A declared external module starts so only when it was meant to run (it lost its
@@ -403,6 +409,8 @@ class ModuleSupervisor:
         if not any(i.instance == instance for i in self.record.instances):
             self._know(instance)
             self.joined_at[instance] = self.clock()
+        if heartbeat_interval > 0:
+            self.beat_intervals[instance] = heartbeat_interval
         down = (ModuleState.REGISTERED, ModuleState.STOPPED, ModuleState.FAILED)
         if self.record.state in down and not (self.self_registered or self.record.desired == "running"):
             self._forget(instance)  # not meant to run: the instance only waits at the readiness gate
@@ -486,6 +494,7 @@ class ModuleSupervisor:
     def _forget(self, instance: str) -> None:
         self.record.instances = [i for i in self.record.instances if i.instance != instance]
         self.ready_at.pop(instance, None)
+        self.beat_intervals.pop(instance, None)
         self.joined_at.pop(instance, None)
 
     async def _cancel_recovery(self) -> None:
