@@ -17,6 +17,7 @@ __all__ = [
     "CONTENT_TYPE_HEADER",
     "DIRECT_REPLY_GRACE",
     "DIRECT_REPLY_HEADER",
+    "INSTANCE_HEADER",
     "JSON",
     "MSGPACK",
     "MSGPACK_CONTENT_TYPE",
@@ -50,6 +51,9 @@ TIMEOUT_HEADER: Final = "Corral-Timeout"
 # module, "<caller's inbox> <seconds left>" (subjects have no spaces). Short on purpose: nats-py
 # spends time per header character on both sides, on every call.
 DIRECT_REPLY_HEADER: Final = "Corral-Direct-Reply"
+# On a control verb (`<prefix>.modctl.<module>.<verb>`): only the instance it names acts on it
+# and answers; without it, every instance does.
+INSTANCE_HEADER: Final = "Corral-Instance"
 # How long after a directly answered call's deadline the orchestrator waits for its outcome
 # report before answering TIMEOUT itself; a module sends nothing later than half of it.
 DIRECT_REPLY_GRACE: Final = 1.0

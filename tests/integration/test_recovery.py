@@ -170,6 +170,30 @@ async def test_restart_with_reset_clears_the_modules_state(
         assert [e["action"] for e in await history(nc, prefix, "counter")] == ["restart_with_reset"] * 2
 
 
+async def test_restart_with_reset_resets_only_the_unhealthy_instance(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    journal_file = tmp_path / "journal"
+    restart = {**FAST, "strategy": "restart_with_reset"}
+    config = system(
+        tmp_path, {"pair": probe(instances=2, env={"PROBE_JOURNAL": str(journal_file)}, restart=restart)}
+    )
+    events = EventLog()
+    await events.attach(nc, prefix)
+    async with orchestrator(settings, config):
+        assert (await call(nc, f"{prefix}.orchestrator.start_system"))["success"]
+        reply = await call(nc, f"{prefix}.orchestrator.module", {"module": "pair"})
+        sick, well = reply["payload"]["record"]["instances"]
+        await unhealthy(nc, prefix, "pair", sick["instance"])
+        await events.wait_for(lambda: events.of("pair").count(("starting", "running")) == 2)
+        resets = [row[2] for row in journal(journal_file) if row[1] == "reset"]
+        assert resets == [str(sick["pid"])]  # the other instance kept serving, untouched
+        assert sorted(await pids_of(nc, prefix, "pair")) == sorted([sick["pid"], well["pid"]])
+        assert [(e["instance"], e["action"]) for e in await history(nc, prefix, "pair")] == [
+            (sick["instance"], "restart_with_reset")
+        ]
+
+
 async def test_degraded_strategy_reaches_the_modules_hook(
     tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
 ) -> None:

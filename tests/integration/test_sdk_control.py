@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 
@@ -310,6 +311,28 @@ async def test_every_instance_gets_control_verbs(
         await nc.publish(ctl(prefix, "throttle"), b'{"concurrency": 3}')
         await eventually(lambda: _true(one.throttle.limit == two.throttle.limit == 3))
         assert (one.throttle.limit, two.throttle.limit) == (3, 3)
+
+
+async def test_a_corral_instance_header_addresses_one_instance(
+    settings: ServiceSettings, nc: Client, prefix: str, probe: Probe
+) -> None:
+    module = build_module(probe)
+    second = msgspec.structs.replace(settings, instance="second")
+    async with module.service(settings) as one, module.service(second) as two:
+        for _ in range(5):  # without the header, either could answer first
+            msg = await nc.request(
+                ctl(prefix, "status"), b"", timeout=5, headers={"Corral-Instance": "second"}
+            )
+            assert json.loads(msg.data)["payload"]["instance"] == "second"
+        await nc.publish(
+            ctl(prefix, "throttle"), b'{"concurrency": 2}', headers={"Corral-Instance": "second"}
+        )
+        await eventually(lambda: _true(two.throttle.limit == 2))
+        # An instance nobody has: nobody acts, nobody answers.
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request(ctl(prefix, "throttle"), b'{"concurrency": 1}', timeout=0.5,
+                             headers={"Corral-Instance": "nobody"})  # fmt: skip
+        assert (one.throttle.limit, two.throttle.limit) == (None, 2)  # `one` was never addressed
 
 
 # --- the readiness gate through the orchestrator ---------------------------------------------------

@@ -104,6 +104,17 @@ async def pod_ready(nc: Client, prefix: str, module: str) -> bool:
     return bool(reply["success"] and reply["payload"]["ready"])
 
 
+async def until_recovered(nc: Client, prefix: str, module: str) -> list[dict[str, Any]]:
+    """The module's recovery history once its last entry says it recovered, within 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        history: list[dict[str, Any]] = (await record(nc, prefix, module))["history"]
+        if history and history[-1]["outcome"].startswith("recovered"):
+            return history
+        assert time.monotonic() < deadline, f"{module} did not recover: {history}"
+        await asyncio.sleep(0.05)
+
+
 async def until_instances(nc: Client, prefix: str, module: str, instances: list[str]) -> dict[str, Any]:
     """The module's record once it lists exactly `instances` (sorted), within 10 s."""
     deadline = time.monotonic() + 10
@@ -305,6 +316,38 @@ async def test_a_declared_external_module_tracks_its_pods_loses_them_and_rejoins
                 await asyncio.sleep(0.1)
         found = (await record(nc, prefix, "worker"))["record"]
         assert (found["status"]["state"], found["instances"]) == ("stopped", [])
+
+
+async def test_only_the_unhealthy_instance_of_an_external_module_is_restarted(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    """The restart verb goes to the instance the health service judged unhealthy (a
+    Corral-Instance header), not to every instance: the others keep serving."""
+    pool = msgspec.convert(
+        {"kind": "external", "restart": {"backoff_initial": 0.05, "jitter": 0.0}}, ModuleConfig
+    )
+    module = Module("pool")
+    async with orchestrator(settings, system(tmp_path, {"pool": pool})):
+        sick = module.service(msgspec.structs.replace(settings, instance="pool-1"), wait_for_ready=True)
+        well = module.service(msgspec.structs.replace(settings, instance="pool-2"), wait_for_ready=True)
+        await sick.start()
+        await well.start()
+        try:
+            assert (await call(nc, f"{prefix}.orchestrator.start_system"))["success"]
+            await until_instances(nc, prefix, "pool", ["pool-1", "pool-2"])
+            sick_since, well_since = sick.started_at, well.started_at
+            verdict = {"module": "pool", "instance": "pool-1", "old": "healthy", "new": "unhealthy",
+                       "reason": "2 failed check rounds in a row: db", "time": time.time()}  # fmt: skip
+            await nc.publish(f"{prefix}.evt.health.pool", json.dumps(verdict).encode())
+            history = await until_recovered(nc, prefix, "pool")
+            assert [(h["instance"], h["action"]) for h in history] == [("pool-1", "restart")]
+            assert sick.started_at > sick_since  # restarted
+            assert well.started_at == well_since  # left alone
+            found = await until_instances(nc, prefix, "pool", ["pool-1", "pool-2"])
+            assert found["status"]["state"] == "running"
+        finally:
+            await sick.stop()
+            await well.stop()
 
 
 async def test_a_declared_module_keeps_its_descriptor_when_its_instances_register(

@@ -25,6 +25,7 @@ from corral.orchestrator.probe import ready_instances
 from corral.orchestrator.records import InstanceRecord, ModuleRecord, RecoveryEntry
 from corral.orchestrator.recovery import GIVE_UP, RecoveryPlanner
 from corral.orchestrator.states import UP_STATES, LifecycleEvent, ModuleState, transition
+from corral.protocol import INSTANCE_HEADER
 from corral.subjects import Subjects
 
 __all__ = ["ModuleSupervisor", "StartFailed", "SupervisorContext"]
@@ -579,15 +580,26 @@ class ModuleSupervisor:
             if verb == "degrade":
                 await self._degrade(what)
                 return
+            if instance and self._instance(instance) is not None:
+                # Only the instance that failed: the others keep serving meanwhile.
+                before = {i.instance for i in self.record.instances}
+                await self._verb(verb, instance=instance)
+                await self._wait_back(instance, before, since)
+                return
             await self._verb(verb)
             await self._wait_ready(None, since)
             return
         inst = self._instance(instance)
         alive = inst is not None and self.ctx.launcher.alive(inst)
         if action == "restart_with_reset" and alive:
+            assert inst is not None
             since = time.time()
-            await self._verb("reset")  # every instance drains, runs on_reset and re-executes itself
-            await self._wait_ready([i.instance for i in self.record.instances], since)
+            if instance:  # that instance drains, runs on_reset and re-executes itself
+                await self._verb("reset", instance=inst.instance)
+                await self._wait_ready([inst.instance], since)
+            else:  # the module as a whole: every instance does
+                await self._verb("reset")
+                await self._wait_ready([i.instance for i in self.record.instances], since)
             return
         if action == "degraded" and alive:
             await self._degrade(what)
@@ -599,6 +611,30 @@ class ModuleSupervisor:
         await self._wait_ready([new_id], since)
         if action == "degraded":
             await self._degrade(what)
+
+    async def _wait_back(self, instance: str, before: set[str], since: float) -> None:
+        """Until the external instance a verb re-executed answers ready again: under its own id,
+        or under a new one (an id the process generated itself changes when it re-executes,
+        and the old one is then dropped). StartFailed after `startup_timeout`."""
+        timeout = self.record.descriptor.startup_timeout
+        deadline = self.clock() + timeout
+        while True:
+            found = await ready_instances(self.ctx.nc, self.ctx.subjects, self.name, since=since)
+            back = [i for i, ready in found.items() if ready and (i == instance or i not in before)]
+            if instance in back:
+                self._mark_ready(None, [instance])
+                return
+            if back and instance not in found:
+                self._forget(instance)
+                self._mark_ready(None, back[:1])
+                return
+            if self.clock() > deadline:
+                raise StartFailed(
+                    f"module {self.name}: instance {instance} did not answer readiness within "
+                    f"{timeout:g}s of the verb",
+                    instance,
+                )
+            await asyncio.sleep(POLL)
 
     def _instance(self, instance: str) -> InstanceRecord | None:
         if not instance:
@@ -617,12 +653,13 @@ class ModuleSupervisor:
         self.record.instances = [i for i in self.record.instances if i.instance != inst.instance]
         self.ready_at.pop(inst.instance, None)
 
-    async def _verb(self, verb: str, body: dict[str, Any] | None = None) -> Any:
-        """Send a control verb to every instance (each has a queue group of its own); return
-        the first reply's payload."""
+    async def _verb(self, verb: str, body: dict[str, Any] | None = None, *, instance: str = "") -> Any:
+        """Send a control verb to every instance (each has a queue group of its own), or to
+        `instance` only; return the first reply's payload."""
         subject = self.ctx.subjects.modctl(self.name, verb)
+        headers = {INSTANCE_HEADER: instance} if instance else None
         try:
-            msg = await self.ctx.nc.request(subject, _encode(body or {}), timeout=5.0)
+            msg = await self.ctx.nc.request(subject, _encode(body or {}), timeout=5.0, headers=headers)
         except Exception as exc:
             raise StartFailed(f"the {verb} control verb got no answer: {exc!r}") from exc
         reply = msgspec.json.decode(msg.data)

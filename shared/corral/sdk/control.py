@@ -1,8 +1,10 @@
 """The control verbs every SDK module instance answers: `<prefix>.modctl.<module>.<verb>`.
 
 Each instance subscribes in a queue group of its own, so a publish (or a request) reaches every
-instance; a request gets the first instance's reply. Every verb answers a Response like any
-endpoint, and a body of the wrong shape gets VALIDATION naming the field.
+instance; a request gets the first instance's reply. A `Corral-Instance: <instance>` header
+addresses one instance: the others ignore the message (the orchestrator restarts or resets only
+the instance that failed). Every verb answers a Response like any endpoint, and a body of the
+wrong shape gets VALIDATION naming the field.
 
 | verb | body | does |
 |---|---|---|
@@ -28,10 +30,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
+from nats.aio.msg import Msg
 
 from corral.errors import CorralError, ValidationError
 from corral.live_config import CONFIG_VERSION_HEADER, ConfigSchema
-from corral.protocol import CheckResult, ModuleHealth, ModuleStatus
+from corral.protocol import INSTANCE_HEADER, CheckResult, ModuleHealth, ModuleStatus
 from corral.runtime import RequestContext
 from corral.runtime.endpoints import typed_handler
 
@@ -221,6 +224,7 @@ def add_control_endpoints(service: ModuleService) -> None:
         "config": config_type,
     }
     own_group = service.subjects.queue_group(f"{module.name}-{service.instance}")
+    elsewhere = _addressed_elsewhere(service.instance)
     for verb in CONTROL_VERBS:
         service.add_endpoint(
             f"modctl-{verb}",
@@ -230,4 +234,16 @@ def add_control_endpoints(service: ModuleService) -> None:
             ),
             response_type=verb,
             queue_group=own_group,
+            accept=elsewhere,
         )
+
+
+def _addressed_elsewhere(instance: str) -> Callable[[Msg], bool]:
+    """An `accept` hook that takes (and drops) a verb whose Corral-Instance header names another
+    instance: that one answers it, this one neither acts nor replies."""
+
+    def accept(msg: Msg) -> bool:
+        headers = msg.headers
+        return headers is not None and headers.get(INSTANCE_HEADER, instance) != instance
+
+    return accept
