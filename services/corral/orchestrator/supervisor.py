@@ -360,8 +360,8 @@ class ModuleSupervisor:
             self._recovery = asyncio.create_task(self._recover_all(), name=f"recover-{self.name}")
 
     def unhealthy(self, instance: str, what: str) -> None:
-        """The health service judged `instance` unhealthy. A self-registered instance that has
-        also gone silent is lost (no verb can reach it); any other is recovered by its policy."""
+        """The health service judged `instance` unhealthy. An external instance that has also
+        gone silent is lost (no verb can reach it); any other is recovered by its policy."""
         if self.external and instance:
             silent = self.clock() - self._last_seen(instance) > 2 * self._beat_interval(instance)
             if silent:
@@ -401,7 +401,7 @@ class ModuleSupervisor:
         seen = (self.ctx.last_heartbeat(instance), self.ready_at.get(instance), self.joined_at.get(instance))
         return max((x for x in seen if x is not None), default=0.0)
 
-    # --- a module whose own instances register (source "sdk") ----------------------------------
+    # --- an external module, whose instances register themselves ------------------------------
     async def join(self, instance: str, heartbeat_interval: float = 0.0) -> None:
         """An instance registered: record it; a module that was not up starts (registered,
         stopped or failed -> starting) and becomes running when an instance acknowledges `ready`.
