@@ -79,8 +79,8 @@ POLICY = CallPolicy(
         window_size=10,
         minimum_calls=10,
         consecutive_failures=3,
-        wait_open=0.5,
-        wait_max=2.0,
+        wait_open=1.5,  # long enough that no stall of a loaded machine lets a refused call through
+        wait_max=4.0,
         max_half_open=5.0,
     ),
     bulkhead=BulkheadConfig(max_concurrent=1, max_queue=3),
@@ -140,7 +140,7 @@ async def test_slow_module_times_out_opens_the_breaker_and_recovers(system: Syst
     assert system.controls.calls == 0  # refused without reaching the module
 
     system.controls.slow = 0.0
-    await asyncio.sleep(0.6)  # the breaker's wait_open
+    await asyncio.sleep(1.6)  # the breaker's wait_open
     assert (await system.send("work", {"n": 10}))["success"] is True  # the probe
     assert system.orchestrator.board.breakers["callee"].state is BreakerState.CLOSED
     assert (await system.send("work", {"n": 11}))["payload"] == {"n": 11}

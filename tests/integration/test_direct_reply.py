@@ -87,7 +87,7 @@ class ImpostorModule(Service):
 POLICY = CallPolicy(
     timeout=5.0,
     breaker=BreakerConfig(
-        window_size=10, minimum_calls=10, consecutive_failures=3, wait_open=0.3, wait_max=1.0
+        window_size=10, minimum_calls=10, consecutive_failures=3, wait_open=1.0, wait_max=2.0
     ),
     bulkhead=BulkheadConfig(max_concurrent=256, max_queue=256),
 )
@@ -208,7 +208,7 @@ async def test_timeouts_open_the_breaker_and_a_probe_closes_it_before_the_next_c
     assert refused["payload"]["code"] == "CIRCUIT_OPEN"
 
     system.knobs.slow = 0.0
-    await asyncio.sleep(0.35)  # wait_open
+    await asyncio.sleep(1.05)  # wait_open
     (probe,) = await system.send("direct", "echo", {"probe": 1})
     assert probe["success"] is True
     # The report leaves the module before the reply, so the orchestrator has it before any
