@@ -22,7 +22,8 @@ from corral.orchestrator.service import OrchestratorService
 from corral.runtime import ServiceSettings
 from corral.subjects import Subjects
 
-TTL = 1.5
+# Renewed every second, valid 2.4 s after each: a loaded machine's stalls do not cost the lease.
+TTL = 3.0
 
 
 class Replica:
