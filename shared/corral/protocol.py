@@ -196,6 +196,9 @@ class Heartbeat(msgspec.Struct, omit_defaults=True):
     metrics_url: str = ""
     service_id: str = ""  # the NATS Services API id: `$SRV.PING.<service>.<service_id>` reaches it
     modctl: bool = False  # answers the SDK control verbs (`<prefix>.modctl.<module>.<verb>`)
+    # Seconds between this instance's beats (its CORRAL_HEARTBEAT_INTERVAL), so a watcher can
+    # tell a slow beat from a missing one; 0: not said (a process older than this field).
+    interval: float = 0.0
 
 
 _Token = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]

@@ -237,6 +237,7 @@ async def test_heartbeats_carry_process_figures(settings: ServiceSettings, nc: C
             assert first.in_flight == 0
             assert first.handled == 0
             assert first.metrics_url == service.metrics_url
+            assert first.interval == settings.heartbeat_interval  # so a watcher knows when one is late
 
             _, second = await asyncio.wait_for(beats.get(), 2)
             _, third = await asyncio.wait_for(beats.get(), 2)

@@ -104,6 +104,7 @@ class Lifecycle:
         self.active = False
         self.lock = asyncio.Lock()  # one system-level operation at a time
         self._heartbeats: dict[str, float] = {}  # instance -> monotonic time of its last beat
+        self._intervals: dict[str, float] = {}  # instance -> the beat interval it says it keeps
         self._signals: dict[str, asyncio.Event] = {}
         self._acks: dict[str, dict[str, float]] = {}  # module -> instance -> its start time
         self._subs: list[Subscription] = []
@@ -180,6 +181,7 @@ class Lifecycle:
         self.supervisors.clear()
         self.registry.records.clear()  # a standby reads KV, not what it last knew as leader
         self._heartbeats.clear()
+        self._intervals.clear()
 
     def _new_record(self, name: str, module: ModuleConfig, source: str) -> ModuleRecord:
         argv = self.config.module_argv(name, module) if module.kind in ("process", "wasm") else []
@@ -232,6 +234,9 @@ class Lifecycle:
 
     def last_heartbeat(self, instance: str) -> float | None:
         return self._heartbeats.get(instance)
+
+    def heartbeat_interval(self, instance: str) -> float:
+        return self._intervals.get(instance, 0.0)
 
     def state_changed(self) -> None:
         for callback in self.on_change:
@@ -458,7 +463,7 @@ class Lifecycle:
         record = self.registry.records.get(reg.module)
         if record is not None and record.source != "sdk":
             if record.descriptor.kind == "external":
-                await self.supervisors[reg.module].join(reg.instance, reg.heartbeat_interval)
+                await self.supervisors[reg.module].join(reg.instance)
             return None
         descriptor = _external(reg, record.descriptor if record is not None else None)
         if record is None or record.descriptor.depends_on != descriptor.depends_on:
@@ -509,6 +514,7 @@ class Lifecycle:
             return
         if beat.service in self.supervisors:
             self._heartbeats[beat.instance] = time.monotonic()
+            self._intervals[beat.instance] = beat.interval
 
     async def _on_health(self, msg: Msg) -> None:
         try:
@@ -533,6 +539,7 @@ class Lifecycle:
                 sup.check_heartbeats(now)
             for instance in [i for i, seen in self._heartbeats.items() if now - seen > HEARTBEAT_MEMORY]:
                 del self._heartbeats[instance]  # instances long gone (replaced by restarts)
+                self._intervals.pop(instance, None)
             with contextlib.suppress(OSError):
                 self.launcher.rotate_logs([n for n, s in self.supervisors.items() if s.spawns])
 

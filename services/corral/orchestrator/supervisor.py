@@ -61,6 +61,7 @@ class SupervisorContext(Protocol):
     def ready_signal(self, module: str) -> asyncio.Event: ...
     def ready_acks(self, module: str) -> dict[str, float]: ...
     def last_heartbeat(self, instance: str) -> float | None: ...
+    def heartbeat_interval(self, instance: str) -> float: ...
     def state_changed(self) -> None: ...
     def came_up(self, module: str) -> None: ...
 
@@ -90,9 +91,6 @@ class ModuleSupervisor:
         # `ready` acknowledgement: the acknowledgement makes it running (see `join`).
         self.joining = record.source == "sdk" and record.state is ModuleState.STARTING
         self.joined_at: dict[str, float] = {}  # instance -> monotonic time it registered
-        # instance -> the heartbeat interval it registered with, for a declared external module
-        # whose pods may beat slower than its descriptor says (a pod's own setting wins).
-        self.beat_intervals: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -389,7 +387,9 @@ class ModuleSupervisor:
                     self._queue_loss(inst.instance, what)
 
     def _beat_interval(self, instance: str) -> float:
-        return max(self.record.descriptor.heartbeat_interval, self.beat_intervals.get(instance, 0.0))
+        """The declared interval, or the one the instance's heartbeats say it keeps if longer
+        (a pod of a declared external module has its own CORRAL_HEARTBEAT_INTERVAL)."""
+        return max(self.record.descriptor.heartbeat_interval, self.ctx.heartbeat_interval(instance))
 
     def _queue_loss(self, instance: str, what: str) -> None:
         if instance not in self._handled and not self.busy:
@@ -402,7 +402,7 @@ class ModuleSupervisor:
         return max((x for x in seen if x is not None), default=0.0)
 
     # --- an external module, whose instances register themselves ------------------------------
-    async def join(self, instance: str, heartbeat_interval: float = 0.0) -> None:
+    async def join(self, instance: str) -> None:
         """An instance registered: record it; a module that was not up starts (registered,
         stopped or failed -> starting) and becomes running when an instance acknowledges `ready`.
         A declared external module starts so only when it was meant to run (it lost its
@@ -410,8 +410,6 @@ class ModuleSupervisor:
         if not any(i.instance == instance for i in self.record.instances):
             self._know(instance)
             self.joined_at[instance] = self.clock()
-        if heartbeat_interval > 0:
-            self.beat_intervals[instance] = heartbeat_interval
         down = (ModuleState.REGISTERED, ModuleState.STOPPED, ModuleState.FAILED)
         if self.record.state in down and not (self.self_registered or self.record.desired == "running"):
             self._forget(instance)  # not meant to run: the instance only waits at the readiness gate
@@ -495,7 +493,6 @@ class ModuleSupervisor:
     def _forget(self, instance: str) -> None:
         self.record.instances = [i for i in self.record.instances if i.instance != instance]
         self.ready_at.pop(instance, None)
-        self.beat_intervals.pop(instance, None)
         self.joined_at.pop(instance, None)
 
     async def _cancel_recovery(self) -> None:

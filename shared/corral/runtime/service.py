@@ -398,6 +398,7 @@ class Service(Component):
                 ready=False,
                 metrics_url=self.metrics_url,
                 service_id=self._micro.id if self._micro is not None else "",
+                interval=interval,
                 modctl=self.has_control_verbs,
             )
         )
