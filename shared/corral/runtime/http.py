@@ -90,12 +90,12 @@ class ServiceMetrics:
         )
         self.loop_stalls = Counter(
             f"{prefix}_event_loop_stalls_total",
-            "Times the event loop was blocked past CORRAL_STALL_WARNING",
+            "Times the event loop was blocked and a heartbeat late past CORRAL_STALL_WARNING",
             registry=self.registry,
         )
         self.loop_blocked = Counter(
             f"{prefix}_event_loop_blocked_seconds_total",
-            "Seconds the event loop spent blocked in those stalls",
+            "Seconds those heartbeats were late",
             registry=self.registry,
         )
         # Standard process_* figures (cpu seconds, resident memory, open fds) for this process.

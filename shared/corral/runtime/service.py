@@ -199,12 +199,11 @@ class Service(Component):
         # before start() returns, so a caller told "started" does not get "no responders"
         # (one nats-py flush() is not enough: see corral.bus.round_trip).
         await round_trip(self.nc)
-        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
         if self.settings.stall_warning > 0:
             self._stall_watch = StallWatch(
                 f"{self.role} {self.name}", self.settings.stall_warning, on_stall=self._count_stall
             )
-            self._stall_watch.start()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
         log.info(
             "%s %s started",
             self.role,
@@ -414,7 +413,10 @@ class Service(Component):
             except Exception as exc:  # a heartbeat must never kill the service
                 log.warning("heartbeat failed: %r", exc)
             now = time.time()
-            await asyncio.sleep(next_beat(now, interval) - now)
+            delay = next_beat(now, interval) - now
+            if self._stall_watch is not None:
+                self._stall_watch.beat(time.monotonic() + delay)
+            await asyncio.sleep(delay)
 
     async def stop(self) -> None:
         """Drain: stop taking requests, finish those in flight (up to drain_timeout), disconnect.

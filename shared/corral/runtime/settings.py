@@ -28,8 +28,8 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     Environment: `CORRAL_PREFIX`, `CORRAL_INSTANCE`, `CORRAL_METRICS_HOST`, `CORRAL_METRICS_PORT`
     (0 picks a free port; -1 turns the HTTP endpoint off), `CORRAL_HEARTBEAT_INTERVAL` (seconds),
     `CORRAL_DRAIN_TIMEOUT` (seconds), `CORRAL_MAX_REQUEST_BYTES`, `CORRAL_LOG_LEVEL`,
-    `CORRAL_STALL_WARNING` (seconds the event loop may be blocked before the instance logs where;
-    0 turns it off), plus the `NATS_*` variables of BusSettings.
+    `CORRAL_STALL_WARNING` (seconds a heartbeat may be late, the event loop blocked, before the
+    instance logs where; 0 turns it off), plus the `NATS_*` variables of BusSettings.
     """
 
     prefix: str = DEFAULT_PREFIX

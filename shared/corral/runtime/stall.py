@@ -4,19 +4,20 @@ A handler that runs CPU-bound code or a blocking call without awaiting holds the
 no heartbeat goes out, no task lease is renewed, no other request is answered. The
 orchestrator then takes the instance for hung and restarts it, and the scheduler takes a
 worker's task for lost and runs it again elsewhere. From the outside that looks like corral
-misbehaving, so the instance says what happened, as asyncio's debug mode would, but always on
-and while it happens:
+misbehaving, so the instance says what happened, while it happens:
 
-* a thread checks a timestamp the loop refreshes every `tick`; once it is older than
-  `threshold`, it logs a warning with the loop thread's current stack, once per stall;
-* when the loop runs again, it logs how long it was blocked, and counts the stall.
+* the heartbeat loop tells the watch when its next beat is due (`beat`);
+* a thread sleeps until that beat is `threshold` seconds late; if it has not come by then, the
+  loop is blocked, and the thread logs a warning with the loop thread's current stack, once;
+* the late beat, when the loop runs again, logs how late it was and counts the stall.
 
-The thread takes the GIL for a moment every tick and costs the loop one timer callback per tick.
+So watching costs an idle process no wake-up of its loop (the heartbeat wakes it anyway) and
+one short wake-up of the thread per beat. It sees what delays a heartbeat: what the
+orchestrator and the health service would otherwise take for a dead process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import threading
@@ -42,29 +43,39 @@ class StallWatch:
     ) -> None:
         self.name = name
         self.threshold = threshold
-        self.tick = min(max(threshold / 4, 0.01), 0.25)
-        self.on_stall = on_stall  # called in the loop with the seconds a stall lasted
+        self.on_stall = on_stall  # called from the loop with how late the blocked beat was
         self.clock = clock
         self.stalls = 0
-        self._beat = 0.0
-        self._warned_at = 0.0  # the beat the current warning is about (0.0: none)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0  # clock() time the next beat is due
+        self._warned_due = 0.0  # the due time the current warning is about (0.0: none)
+        self._lock = threading.Lock()  # _due and _warned_due, between the loop and the thread
         self._loop_thread = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._lock = threading.Lock()  # the beat and the warning, between loop and watcher
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Watch the running loop (call from it)."""
-        if self._thread is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._stop.clear()
-        self._refresh()
-        self._thread = threading.Thread(target=self._watch, name=f"{self.name}-stall-watch", daemon=True)
-        self._thread.start()
+    def beat(self, next_due: float) -> None:
+        """From the loop, at each beat: the next one is due at `next_due` (clock() time). The
+        first call starts the watching thread."""
+        now = self.clock()
+        with self._lock:
+            warned_due, self._warned_due = self._warned_due, 0.0
+            self._due = next_due
+        if warned_due:
+            late = now - warned_due
+            self.stalls += 1
+            log.warning(
+                "%s: the event loop ran again; it had been blocked for at least %.1fs",
+                self.name,
+                late,
+                extra={"blocked_seconds": round(late, 3)},
+            )
+            if self.on_stall is not None:
+                self.on_stall(late)
+        if self._thread is None:
+            self._loop_thread = threading.get_ident()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, name=f"{self.name}-stall-watch", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         if self._thread is None:
@@ -72,45 +83,28 @@ class StallWatch:
         self._stop.set()
         self._thread.join()
         self._thread = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _refresh(self) -> None:
-        now = self.clock()
-        with self._lock:
-            self._beat = now
-            warned_at, self._warned_at = self._warned_at, 0.0
-        if warned_at:
-            blocked = now - warned_at
-            self.stalls += 1
-            log.warning(
-                "%s: the event loop ran again after being blocked for %.1fs",
-                self.name,
-                blocked,
-                extra={"blocked_seconds": round(blocked, 3)},
-            )
-            if self.on_stall is not None:
-                self.on_stall(blocked)
-        assert self._loop is not None
-        self._timer = self._loop.call_later(self.tick, self._refresh)
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.tick):
+        while True:
             with self._lock:
-                beat = self._beat
-                blocked = self.clock() - beat
-                if self._warned_at == beat or blocked <= self.threshold:
-                    continue  # running, or this stall is reported already
-                self._warned_at = beat
+                due, warned = self._due, self._warned_due == self._due
+            # Asleep until the beat is `threshold` late; once warned, until the loop runs again.
+            wait = self.threshold if warned else max(due + self.threshold - self.clock(), 0.001)
+            if self._stop.wait(wait):
+                return
+            with self._lock:
+                late = self.clock() - self._due
+                if self._warned_due == self._due or late <= self.threshold:
+                    continue  # the beat came (a new due time), or this stall is reported already
+                self._warned_due = self._due
             log.warning(
-                "%s: the event loop is blocked (%.1fs so far): heartbeats, task leases and "
-                "replies wait until it runs again. Run CPU-bound or blocking work with "
+                "%s: the event loop is blocked (at least %.1fs so far): heartbeats, task leases "
+                "and replies wait until it runs again. Run CPU-bound or blocking work with "
                 "`await asyncio.to_thread(...)`. It is at:\n%s",
                 self.name,
-                blocked,
+                late,
                 self._stack(),
-                extra={"blocked_seconds": round(blocked, 3)},
+                extra={"blocked_seconds": round(late, 3)},
             )
 
     def _stack(self) -> str:
