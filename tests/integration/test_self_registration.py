@@ -47,6 +47,8 @@ class Pod:
             "CORRAL_HEARTBEAT_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
         }
+        if not instance:  # the SDK makes one up, and a new one each time the process re-executes
+            del self.env["CORRAL_INSTANCE"]
         self.instance = instance
         self.process: asyncio.subprocess.Process | None = None
 
@@ -102,6 +104,15 @@ async def pod_ready(nc: Client, prefix: str, module: str) -> bool:
         return False
     reply: dict[str, Any] = json.loads(msg.data)
     return bool(reply["success"] and reply["payload"]["ready"])
+
+
+async def started_at(nc: Client, prefix: str, module: str, instance: str) -> float:
+    """When `instance` (re)started, from its own status (the Corral-Instance header picks it)."""
+    msg = await nc.request(
+        f"{prefix}.modctl.{module}.status", b"", timeout=5, headers={"Corral-Instance": instance}
+    )
+    started: float = json.loads(msg.data)["payload"]["started"]
+    return started
 
 
 async def until_recovered(nc: Client, prefix: str, module: str) -> list[dict[str, Any]]:
@@ -348,6 +359,37 @@ async def test_only_the_unhealthy_instance_of_an_external_module_is_restarted(
         finally:
             await sick.stop()
             await well.stop()
+
+
+@pytest.mark.chaos
+async def test_a_restarted_instance_that_comes_back_under_a_new_id_replaces_the_old_one(
+    tmp_path: Path, settings: ServiceSettings, nc: Client, prefix: str
+) -> None:
+    """A pod without CORRAL_INSTANCE gets a generated id, and a new one when the restart verb
+    re-executes it: recovery waits for it under the new id and the record drops the old."""
+    pool = msgspec.convert(
+        {"kind": "external", "restart": {"backoff_initial": 0.05, "jitter": 0.0}}, ModuleConfig
+    )
+    async with orchestrator(settings, system(tmp_path, {"pool": pool})), pods(settings) as run:
+        await run("pool", "pool-fixed")
+        await run("pool", "")
+        assert (await call(nc, f"{prefix}.orchestrator.start_system"))["success"]
+        deadline = time.monotonic() + 15
+        while len(found := (await record(nc, prefix, "pool"))["record"]["instances"]) < 2:
+            assert time.monotonic() < deadline, found
+            await asyncio.sleep(0.05)
+        (generated,) = [i["instance"] for i in found if i["instance"] != "pool-fixed"]
+        fixed_since = await started_at(nc, prefix, "pool", "pool-fixed")
+        verdict = {"module": "pool", "instance": generated, "old": "healthy", "new": "unhealthy",
+                   "reason": "2 failed check rounds in a row: db", "time": time.time()}  # fmt: skip
+        await nc.publish(f"{prefix}.evt.health.pool", json.dumps(verdict).encode())
+        history = await until_recovered(nc, prefix, "pool")
+        assert [(h["instance"], h["action"]) for h in history] == [(generated, "restart")]
+        instances = sorted(i["instance"] for i in (await record(nc, prefix, "pool"))["record"]["instances"])
+        assert len(instances) == 2
+        assert "pool-fixed" in instances
+        assert generated not in instances  # it came back as another id
+        assert await started_at(nc, prefix, "pool", "pool-fixed") == fixed_since  # left alone
 
 
 async def test_a_declared_module_keeps_its_descriptor_when_its_instances_register(
