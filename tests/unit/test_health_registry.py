@@ -57,6 +57,7 @@ def test_a_fresh_heartbeat_is_alive_with_its_figures(registry: InstanceRegistry,
         service="state", instance="i-1", role="service", version="0.1.0", pid=4242, host="host-a",
         alive=True, ready=True, last_seen_seconds=0.0, cpu_percent=1.5, rss_bytes=50_000_000,
         threads=3, open_fds=12, in_flight=0, handled=7, metrics_url="http://127.0.0.1:9100",
+        heartbeat_interval=1.0,
     )  # fmt: skip
 
 
@@ -72,6 +73,18 @@ def test_alive_until_missed_beats_intervals_pass(registry: InstanceRegistry, clo
     assert view.alive is False
     assert view.last_seen_seconds == 3.01
     assert view.ready is True  # what the instance last said; `alive` is the registry's judgement
+
+
+def test_an_instance_that_says_it_beats_slower_is_judged_by_its_own_interval(clock: FakeClock) -> None:
+    registry = InstanceRegistry(interval=1.0, missed_beats=3, forget_after=60.0, clock=clock)
+    registry.record(beat(interval=5.0))  # a pod with CORRAL_HEARTBEAT_INTERVAL=5
+    clock.advance(14.0)
+    assert (only(registry).alive, only(registry).heartbeat_interval) == (True, 5.0)
+    clock.advance(1.01)  # past 3 of its intervals
+    assert only(registry).alive is False
+    registry.record(beat(interval=0.2))  # a faster one is judged by the registry's interval
+    clock.advance(2.9)
+    assert (only(registry).alive, only(registry).heartbeat_interval) == (True, 1.0)
 
 
 def test_not_alive_then_forgotten(registry: InstanceRegistry, clock: FakeClock) -> None:

@@ -36,6 +36,10 @@ TH = Thresholds(interval=1.0, unhealthy_threshold=3, violation_window=5.0, unhea
         (Observation(0.5, over_limit_for=5.0, over_limits=("memory_mb",)), D, "over memory_mb for 5.0s"),
         (Observation(0.5, over_limit_for=30.0, over_limits=("threads",)), U, "over threads for 30.0s"),
         (Observation(9.0, failed_rounds=1), U, "no heartbeat for 9.0s (limit 3s)"),  # silence wins
+        # An instance that says it beats every 5 s is judged by that, not by 1 s.
+        (Observation(14.0, interval=5.0), H, "ok"),
+        (Observation(15.1, interval=5.0), U, "no heartbeat for 15.1s (limit 15s)"),
+        (Observation(3.1, interval=0.2), U, "no heartbeat for 3.1s (limit 3s)"),  # never shorter
     ],
 )
 def test_judge(obs: Observation, verdict: Verdict, reason: str) -> None:

@@ -105,6 +105,7 @@ class HealthBoard:
                 failing=health.failing,
                 over_limit_for=now - health.over_since if health.over_since is not None else 0.0,
                 over_limits=health.over_limits,
+                interval=view.heartbeat_interval,
             )
             change = transition(health.verdict, obs, self.thresholds)
             if change is not None:
@@ -126,7 +127,8 @@ class HealthBoard:
         self, view: InstanceView, health: InstanceHealth, now: float, result: Evaluation
     ) -> None:
         limits = self.limits_for(view.service)
-        alive = view.last_seen_seconds <= self.thresholds.interval * self.thresholds.unhealthy_threshold
+        interval = max(self.thresholds.interval, view.heartbeat_interval)
+        alive = view.last_seen_seconds <= interval * self.thresholds.unhealthy_threshold
         over = (
             limits.exceeded(view.cpu_percent, view.rss_bytes, view.open_fds, view.threads)
             if limits and alive

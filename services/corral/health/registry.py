@@ -31,11 +31,15 @@ class InstanceView(msgspec.Struct):
     metrics_url: str
     service_id: str = ""
     modctl: bool = False
+    # Seconds between its beats as it is judged: the health service's interval, or the one the
+    # instance's heartbeats say it keeps if that is longer.
+    heartbeat_interval: float = 0.0
 
 
 class InstanceRegistry:
     """The latest heartbeat of every instance; an instance silent for `missed_beats`
-    heartbeat intervals counts as not alive and is forgotten after `forget_after` seconds."""
+    heartbeat intervals (`interval`, or its own if its beats say it is longer) counts as not
+    alive and is forgotten after `forget_after` seconds."""
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class InstanceRegistry:
 
     def _view(self, now: float, seen: float, beat: Heartbeat) -> InstanceView:
         age = now - seen
+        interval = max(self.interval, beat.interval)
         return InstanceView(
             service=beat.service,
             instance=beat.instance,
@@ -70,7 +75,7 @@ class InstanceRegistry:
             version=beat.version,
             pid=beat.pid,
             host=beat.host,
-            alive=age <= self.interval * self.missed_beats,
+            alive=age <= interval * self.missed_beats,
             ready=beat.ready,
             last_seen_seconds=round(age, 3),
             cpu_percent=beat.cpu_percent,
@@ -82,6 +87,7 @@ class InstanceRegistry:
             metrics_url=beat.metrics_url,
             service_id=beat.service_id,
             modctl=beat.modctl,
+            heartbeat_interval=interval,
         )
 
 

@@ -69,6 +69,7 @@ class Observation:
     failing: tuple[str, ...] = ()  # what failed in the last round ("ping", "check:db", ...)
     over_limit_for: float = 0.0  # seconds it has been over a resource limit (0: within limits)
     over_limits: tuple[str, ...] = ()  # which limits ("memory_mb", ...)
+    interval: float = 0.0  # seconds between its beats, when longer than the thresholds' interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def judge(obs: Observation, th: Thresholds) -> tuple[Verdict, str]:
     """The verdict an observation deserves, and why."""
     if obs.heartbeat_age is None:
         return Verdict.UNKNOWN, "no heartbeat yet"
-    silent_for = th.interval * th.unhealthy_threshold
+    silent_for = max(th.interval, obs.interval) * th.unhealthy_threshold
     if obs.heartbeat_age > silent_for:
         return Verdict.UNHEALTHY, f"no heartbeat for {obs.heartbeat_age:.1f}s (limit {silent_for:g}s)"
     if obs.failed_rounds >= th.unhealthy_threshold:
