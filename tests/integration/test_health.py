@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import msgspec
 import psutil
 import pytest
 from nats.aio.client import Client
@@ -94,6 +95,25 @@ async def test_a_module_that_stops_heartbeating_becomes_unhealthy(
         assert "no heartbeat" in entry["instances"][0]["reason"]
     assert events.verdicts("quiet")[-2:] == ["healthy", "unhealthy"]
     assert "unhealthy" in events.verdicts("quiet", settings.instance)
+
+
+async def test_a_module_that_beats_less_often_is_judged_by_its_own_interval(
+    settings: ServiceSettings, nc: Client, prefix: str, events: Events
+) -> None:
+    """Health's interval is 0.2 s (silent for 0.6 s: unhealthy); a module that says it beats
+    every 1.5 s stays healthy between its beats."""
+    module = Module("slowbeat")
+    slow = msgspec.structs.replace(settings, heartbeat_interval=1.5)
+    async with HealthService(settings, health=FAST, modules={}):
+        service = module.service(slow)
+        await service.start()
+        await eventually(lambda: _is(verdict_of("slowbeat"), nc, prefix, "healthy"))
+        await asyncio.sleep(3.5)  # two gaps between its beats, each far past health's 0.6 s
+        assert events.verdicts("slowbeat") == ["healthy"]
+        picture = await call(nc, f"{prefix}.health.status")
+        assert picture["modules"]["slowbeat"]["verdict"] == "healthy"
+        await service.stop()  # gone: its check rounds fail at once, its beats stop
+        await eventually(lambda: _is(verdict_of("slowbeat"), nc, prefix, "unhealthy"), timeout=10)
 
 
 async def test_a_failing_own_check_degrades_then_makes_unhealthy_then_recovers(
