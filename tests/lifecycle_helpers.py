@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -112,3 +113,10 @@ class EventLog:
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
+
+
+async def unhealthy(nc: Client, prefix: str, module: str, instance: str) -> None:
+    """The verdict event the health service publishes for an instance it judges unhealthy."""
+    event = {"module": module, "instance": instance, "old": "healthy", "new": "unhealthy",
+             "reason": "2 failed check rounds in a row: db", "time": time.time()}  # fmt: skip
+    await nc.publish(f"{prefix}.evt.health.{module}", json.dumps(event).encode())

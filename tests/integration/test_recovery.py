@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from corral.runtime import ServiceSettings
-from tests.lifecycle_helpers import EventLog, call, journal, orchestrator, probe, system
+from tests.lifecycle_helpers import EventLog, call, journal, orchestrator, probe, system, unhealthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -33,13 +31,6 @@ async def history(nc: Client, prefix: str, module: str) -> list[dict[str, Any]]:
     assert reply["success"], reply
     entries: list[dict[str, Any]] = reply["payload"]
     return entries
-
-
-async def unhealthy(nc: Client, prefix: str, module: str, instance: str) -> None:
-    """The verdict event the health service publishes for an instance it judges unhealthy."""
-    event = {"module": module, "instance": instance, "old": "healthy", "new": "unhealthy",
-             "reason": "2 failed check rounds in a row: db", "time": time.time()}  # fmt: skip
-    await nc.publish(f"{prefix}.evt.health.{module}", json.dumps(event).encode())
 
 
 async def instance_of(nc: Client, prefix: str, module: str) -> str:

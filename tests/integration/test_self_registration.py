@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from corral.config import ModuleConfig
 from corral.runtime import ServiceSettings
 from corral.sdk import Module
-from tests.lifecycle_helpers import PROBE, EventLog, call, orchestrator, probe, system
+from tests.lifecycle_helpers import PROBE, EventLog, call, orchestrator, probe, system, unhealthy
 
 pytestmark = pytest.mark.slow
 
@@ -347,9 +347,7 @@ async def test_only_the_unhealthy_instance_of_an_external_module_is_restarted(
             assert (await call(nc, f"{prefix}.orchestrator.start_system"))["success"]
             await until_instances(nc, prefix, "pool", ["pool-1", "pool-2"])
             sick_since, well_since = sick.started_at, well.started_at
-            verdict = {"module": "pool", "instance": "pool-1", "old": "healthy", "new": "unhealthy",
-                       "reason": "2 failed check rounds in a row: db", "time": time.time()}  # fmt: skip
-            await nc.publish(f"{prefix}.evt.health.pool", json.dumps(verdict).encode())
+            await unhealthy(nc, prefix, "pool", "pool-1")
             history = await until_recovered(nc, prefix, "pool")
             assert [(h["instance"], h["action"]) for h in history] == [("pool-1", "restart")]
             assert sick.started_at > sick_since  # restarted
@@ -380,9 +378,7 @@ async def test_a_restarted_instance_that_comes_back_under_a_new_id_replaces_the_
             await asyncio.sleep(0.05)
         (generated,) = [i["instance"] for i in found if i["instance"] != "pool-fixed"]
         fixed_since = await started_at(nc, prefix, "pool", "pool-fixed")
-        verdict = {"module": "pool", "instance": generated, "old": "healthy", "new": "unhealthy",
-                   "reason": "2 failed check rounds in a row: db", "time": time.time()}  # fmt: skip
-        await nc.publish(f"{prefix}.evt.health.pool", json.dumps(verdict).encode())
+        await unhealthy(nc, prefix, "pool", generated)
         history = await until_recovered(nc, prefix, "pool")
         assert [(h["instance"], h["action"]) for h in history] == [(generated, "restart")]
         instances = sorted(i["instance"] for i in (await record(nc, prefix, "pool"))["record"]["instances"])
