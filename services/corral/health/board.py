@@ -127,11 +127,9 @@ class HealthBoard:
         self, view: InstanceView, health: InstanceHealth, now: float, result: Evaluation
     ) -> None:
         limits = self.limits_for(view.service)
-        interval = max(self.thresholds.interval, view.heartbeat_interval)
-        alive = view.last_seen_seconds <= interval * self.thresholds.unhealthy_threshold
         over = (
             limits.exceeded(view.cpu_percent, view.rss_bytes, view.open_fds, view.threads)
-            if limits and alive
+            if limits and view.alive  # the registry's judgement, by the instance's own interval
             else []
         )
         figures = {

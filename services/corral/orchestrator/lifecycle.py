@@ -103,8 +103,8 @@ class Lifecycle:
         self.supervisors: dict[str, ModuleSupervisor] = {}
         self.active = False
         self.lock = asyncio.Lock()  # one system-level operation at a time
-        self._heartbeats: dict[str, float] = {}  # instance -> monotonic time of its last beat
-        self._intervals: dict[str, float] = {}  # instance -> the beat interval it says it keeps
+        # instance -> (monotonic time of its last beat, the beat interval it says it keeps)
+        self._heartbeats: dict[str, tuple[float, float]] = {}
         self._signals: dict[str, asyncio.Event] = {}
         self._acks: dict[str, dict[str, float]] = {}  # module -> instance -> its start time
         self._subs: list[Subscription] = []
@@ -181,7 +181,6 @@ class Lifecycle:
         self.supervisors.clear()
         self.registry.records.clear()  # a standby reads KV, not what it last knew as leader
         self._heartbeats.clear()
-        self._intervals.clear()
 
     def _new_record(self, name: str, module: ModuleConfig, source: str) -> ModuleRecord:
         argv = self.config.module_argv(name, module) if module.kind in ("process", "wasm") else []
@@ -233,10 +232,12 @@ class Lifecycle:
             self._spawn(sup.joined(instance))
 
     def last_heartbeat(self, instance: str) -> float | None:
-        return self._heartbeats.get(instance)
+        seen = self._heartbeats.get(instance)
+        return seen[0] if seen is not None else None
 
     def heartbeat_interval(self, instance: str) -> float:
-        return self._intervals.get(instance, 0.0)
+        seen = self._heartbeats.get(instance)
+        return seen[1] if seen is not None else 0.0
 
     def state_changed(self) -> None:
         for callback in self.on_change:
@@ -513,8 +514,7 @@ class Lifecycle:
         except msgspec.DecodeError:
             return
         if beat.service in self.supervisors:
-            self._heartbeats[beat.instance] = time.monotonic()
-            self._intervals[beat.instance] = beat.interval
+            self._heartbeats[beat.instance] = (time.monotonic(), beat.interval)
 
     async def _on_health(self, msg: Msg) -> None:
         try:
@@ -537,9 +537,8 @@ class Lifecycle:
             now = time.monotonic()
             for sup in list(self.supervisors.values()):
                 sup.check_heartbeats(now)
-            for instance in [i for i, seen in self._heartbeats.items() if now - seen > HEARTBEAT_MEMORY]:
+            for instance in [i for i, (seen, _) in self._heartbeats.items() if now - seen > HEARTBEAT_MEMORY]:
                 del self._heartbeats[instance]  # instances long gone (replaced by restarts)
-                self._intervals.pop(instance, None)
             with contextlib.suppress(OSError):
                 self.launcher.rotate_logs([n for n, s in self.supervisors.items() if s.spawns])
 
